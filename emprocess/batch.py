@@ -1,0 +1,103 @@
+"""Run one worker's share of a stage's mini-tasks, skipping those already finished.
+
+The result cache (``<process>/cache/<stage>/<key>.json``) makes every stage resumable: a retried or
+cleared worker re-runs only the mini-tasks without a cache entry. How one mini-task is executed
+(HTTP call or in-process ``work``) is the caller's choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Callable
+
+from emprocess import storage
+from emprocess.stages import MiniTask, RunContext, Stage, share
+
+log = logging.getLogger("emprocess.batch")
+
+
+class OutputCheckError(RuntimeError):
+    """A mini-task reported success but its output check failed."""
+
+
+class Stopped(RuntimeError):
+    """The share was stopped (kill or an earlier permanent failure) before this mini-task ran."""
+
+
+@dataclass
+class ShareSummary:
+    stage: str
+    worker: int
+    width: int
+    total: int
+    cached: int
+    done: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.stage} worker {self.worker}/{self.width}: {self.total} mini-tasks, "
+            f"{self.cached} already done, {self.done} run now"
+        )
+
+
+def run_share(
+    stage: Stage,
+    ctx: RunContext,
+    worker: int,
+    width: int,
+    call: Callable[[MiniTask], dict],
+    *,
+    threads: int = 4,
+    stop: threading.Event | None = None,
+    tasks: list[MiniTask] | None = None,
+) -> ShareSummary:
+    """Run worker ``worker``'s share of ``stage`` on ``threads`` threads.
+
+    The first permanent failure sets ``stop`` so the other threads stop taking new mini-tasks, then
+    re-raises. ``tasks`` overrides the plan (re-running chosen mini-tasks).
+    """
+    stop = stop or threading.Event()
+    mine = share(stage.plan(ctx) if tasks is None else tasks, worker, width)
+    pending = [t for t in mine if not storage.exists(ctx.cache_url(stage.name, t["key"]))]
+    summary = ShareSummary(stage.name, worker, width, len(mine), len(mine) - len(pending), 0)
+    log.info("%s: %d to run", summary, len(pending))
+    lock = threading.Lock()
+
+    def run_one(task: MiniTask) -> None:
+        if stop.is_set():
+            raise Stopped(f"{stage.name} {task['key']}: stopped before it ran")
+        try:
+            result = call(task)
+            if stage.check is not None and not stage.check(task["payload"], result):
+                raise OutputCheckError(f"{stage.name} {task['key']}: output check failed")
+        except BaseException:
+            stop.set()  # before this thread can take another mini-task
+            raise
+        storage.write_json(ctx.cache_url(stage.name, task["key"]), result)
+        with lock:
+            summary.done += 1
+            done = summary.done
+        if done == len(pending) or done % max(1, len(pending) // 10) == 0:
+            log.info("%s: %d/%d done", stage.name, done, len(pending))
+
+    if not pending:
+        return summary
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(pending)))) as pool:
+        futures: list[Future] = [pool.submit(run_one, t) for t in pending]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        if stop.is_set():
+            for f in futures:
+                f.cancel()
+            wait(futures)
+            errors = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+            raise next((e for e in errors if not isinstance(e, Stopped)), errors[0] if errors else Stopped(
+                f"{stage.name} worker {worker}/{width}: stopped"))
+    return summary
+
+
+def run_in_process(stage: Stage, ctx: RunContext, worker: int, width: int, **kwargs) -> ShareSummary:
+    """Execute the share with the stage's own ``work`` (CLI ``emprocess work``, Kubernetes pods, tests)."""
+    return run_share(stage, ctx, worker, width, lambda task: stage.work(task["payload"]), **kwargs)

@@ -1,0 +1,194 @@
+"""The run conf: one model, the single source of its schema (Airflow Params are generated from it).
+
+Keys follow the original clio_ingest conf (ARCHITECTURE §2). Unknown keys are errors so that typos
+never pass silently; every message names the offending key.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from emprocess import storage
+
+STAGES = ("align", "pyramid", "chunkedgraph", "meshing")
+RUN_KEY_MAX = 40  # bucket names are ≤ 63 chars: "<source>_chunk_<key>" must fit
+
+
+class ConfError(ValueError):
+    """An invalid run conf or input; the message names the key, slice or URL."""
+
+
+class MeshConf(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    simplification_factor: Annotated[float, Field(gt=1)] = 2.0
+    max_simplification_error: Annotated[float, Field(gt=0)] = 40.0
+
+
+class SegmentationConf(BaseModel):
+    """A supervoxel volume to build a ChunkedGraph (and meshes) from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    watershed: str = Field(description="URL of a precomputed uint32/uint64 supervoxel volume in the run's aligned frame")
+    agglomeration: str | None = Field(None, description="URL of a supervoxel → body table (.npy, .npz or .csv)")
+    chunk_size: list[int] = Field([256, 256, 256], min_length=3, max_length=3)
+    test: bool = Field(False, description="build only one layer-3 chunk's 8 children and their parents")
+    mesh: MeshConf = MeshConf()
+
+    @field_validator("watershed", "agglomeration")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else str(storage.parse(value))
+
+    @field_validator("chunk_size")
+    @classmethod
+    def _power_of_two(cls, value: list[int]) -> list[int]:
+        for size in value:
+            if size <= 0 or size & (size - 1):
+                raise ValueError(f"each chunk_size entry must be a positive power of two, got {size}")
+        return value
+
+
+class RunConf(BaseModel):
+    """One DAG run's conf."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    id: str = Field(description="dataset name", min_length=1, max_length=128)
+    image: str = Field(description="printf template of slice names under source, e.g. img%05d.png")
+    minz: int = Field(ge=0, description="first slice (inclusive)")
+    maxz: int = Field(ge=0, description="last slice (inclusive)")
+    source: str = Field(description="gs://bucket, s3://bucket, file:///abs/dir or a bare bucket name (= gs://)")
+    project: str | None = Field(None, description="GCP project for created buckets (GCS only)")
+    email: str | None = Field(None, description="notify on success/failure")
+    downsample_factor: int = Field(1, ge=1, le=64, description="downsample before alignment only")
+    resolution: float | list[float] = Field(8.0, description="nm; a number or [x, y, z]")
+    createRawPyramid: bool = Field(True, alias="createRawPyramid", description="also write the lossless raw volume")
+    skip_align: bool = Field(False, description="use identity transforms")
+    clip_limit: float = Field(0.02, alias="clip-limit", ge=0, le=1, description="CLAHE clip limit; 0 disables")
+    reuse_alignment: str | None = Field(None, description="run id whose transforms to reuse")
+    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of the viewing pyramid")
+    public: bool = Field(False, description="make the viewing location public + CORS")
+    stages: list[Literal["align", "pyramid", "chunkedgraph", "meshing"]] = Field(
+        list(STAGES), description="subset of align, pyramid, chunkedgraph, meshing to run"
+    )
+    segmentation: SegmentationConf | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _raw_pyramid_alias(cls, data: Any) -> Any:
+        """Accept the original key ``rawPyramid`` as well as ``createRawPyramid``."""
+        if isinstance(data, dict) and "rawPyramid" in data:
+            data = dict(data)
+            if "createRawPyramid" in data:
+                raise ValueError("give only one of 'rawPyramid' and 'createRawPyramid'")
+            data["createRawPyramid"] = data.pop("rawPyramid")
+        return data
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError("use letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        if len(re.findall(r"%0?\d*d", value)) != 1 or value.count("%") != 1:
+            raise ValueError("must contain exactly one printf integer field such as %05d")
+        if value.startswith("/") or any(part in ("..", ".") for part in value.split("/")):
+            raise ValueError("must be a relative name under source without '..'")
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        url = storage.parse(value)
+        if url.scheme != "file" and url.path:
+            raise ValueError("a bucket source must be a bucket name without a path")
+        return str(url)
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution(cls, value: float | list[float]) -> float | list[float]:
+        values = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and len(value) != 3:
+            raise ValueError("give one number or [x, y, z]")
+        if any(v <= 0 for v in values):
+            raise ValueError("must be positive")
+        return value
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one stage")
+        return sorted(set(value), key=STAGES.index)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "RunConf":
+        if self.minz > self.maxz:
+            raise ValueError(f"minz ({self.minz}) must not exceed maxz ({self.maxz})")
+        if self.skip_align and self.reuse_alignment:
+            raise ValueError("give only one of 'skip_align' and 'reuse_alignment'")
+        return self
+
+    @property
+    def resolution_xyz(self) -> list[float]:
+        r = self.resolution
+        return [float(v) for v in r] if isinstance(r, list) else [float(r)] * 3
+
+    @property
+    def z_range(self) -> range:
+        return range(self.minz, self.maxz + 1)
+
+    def slice_url(self, z: int) -> str:
+        return storage.join(self.source, self.image % z)
+
+    def to_json(self) -> dict:
+        """The conf as given keys (aliases), with defaults filled in."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def parse_conf(data: Any) -> RunConf:
+    """Validate a conf dict; raise ConfError naming every offending key."""
+    if not isinstance(data, dict):
+        raise ConfError(f"the run conf must be a JSON object, got {type(data).__name__}")
+    try:
+        return RunConf.model_validate(data)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"]) or "conf"
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                msg = "unknown key (check its spelling)"
+            elif e["type"] == "missing":
+                msg = "required key is missing"
+            problems.append(f"'{key}': {msg}")
+        raise ConfError("invalid run conf: " + "; ".join(problems)) from None
+    except storage.StorageError as err:
+        raise ConfError(f"invalid run conf: {err}") from None
+
+
+def conf_json_schema() -> dict:
+    """JSON schema of the conf with aliases (as users write it)."""
+    return RunConf.model_json_schema(by_alias=True)
+
+
+def run_key(run_id: str) -> str:
+    """A bucket-safe key from an Airflow run id: lowercase, [a-z0-9-], bounded length, stable."""
+    import hashlib
+
+    cleaned = re.sub(r"[^a-z0-9]+", "-", run_id.lower()).strip("-")
+    if not cleaned:
+        raise ConfError(f"run id {run_id!r} has no usable characters")
+    if len(cleaned) > RUN_KEY_MAX:
+        digest = hashlib.sha1(run_id.encode()).hexdigest()[:8]
+        cleaned = cleaned[: RUN_KEY_MAX - 9].rstrip("-") + "-" + digest
+    return cleaned
