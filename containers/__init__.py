@@ -1,0 +1,1 @@
+"""HTTP services (Cloud Run / local): thin FastAPI shells over emprocess stages."""

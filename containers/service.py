@@ -1,0 +1,76 @@
+"""Build a service's FastAPI app from the stages registered for it.
+
+Each stage's endpoint takes its mini-task payload as JSON and answers ``work(payload)``. Every URL in
+a payload must lie under one of the prefixes in ``EMPROCESS_ALLOWED_PREFIXES`` (comma-separated);
+others are refused with 403 before anything is read. Bad input answers 4xx with a message naming
+the URL or key (not retried by callers); anything else is 500 (retried).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+from fastapi import Body, FastAPI, HTTPException
+
+from emprocess import __version__, registry, storage
+from emprocess.config import ConfError
+from emprocess.stages import InputError, Stage
+
+log = logging.getLogger("emprocess.service")
+URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def allowed_prefixes() -> list[str]:
+    raw = os.environ.get("EMPROCESS_ALLOWED_PREFIXES", "")
+    return [p.strip() for p in raw.split(",") if p.strip()]
+
+
+def payload_urls(value) -> list[str]:
+    """Every string in a payload that looks like a URL."""
+    if isinstance(value, dict):
+        return [u for v in value.values() for u in payload_urls(v)]
+    if isinstance(value, list):
+        return [u for v in value for u in payload_urls(v)]
+    return [value] if isinstance(value, str) and URL_RE.match(value) else []
+
+
+def check_urls(payload: dict, prefixes: list[str]) -> None:
+    for url in payload_urls(payload):
+        try:
+            allowed = storage.is_under(url, prefixes)
+        except storage.StorageError as err:
+            raise HTTPException(status_code=400, detail=str(err)) from None
+        if not allowed:
+            raise HTTPException(status_code=403, detail=f"{url} is outside this service's allowed prefixes")
+
+
+def _handler(stage: Stage, prefixes: list[str]):
+    def handle(payload: dict = Body(...)) -> dict:
+        check_urls(payload, prefixes)
+        try:
+            return stage.work(payload)
+        except FileNotFoundError as err:
+            raise HTTPException(status_code=404, detail=str(err)) from None
+        except (InputError, ConfError, storage.StorageError) as err:
+            raise HTTPException(status_code=422, detail=str(err)) from None
+
+    handle.__name__ = stage.name.replace(".", "_")
+    handle.__doc__ = (stage.work.__doc__ or "").strip().split("\n")[0] or stage.name
+    return handle
+
+
+def build_app(service: str) -> FastAPI:
+    prefixes = allowed_prefixes()
+    app = FastAPI(title=f"emprocess {service}", version=__version__)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True, "service": service, "version": __version__}
+
+    for stage in registry.for_service(service):
+        app.post(stage.endpoint, name=stage.name)(_handler(stage, prefixes))
+    if not prefixes:
+        log.warning("EMPROCESS_ALLOWED_PREFIXES is empty: every request with a URL will be refused")
+    return app

@@ -1,0 +1,152 @@
+"""``emprocess``: run a DAG run locally, make the sample, run one stage's worker, show status, serve outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from emprocess.config import ConfError
+
+
+def _load_conf(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfError(f"conf file {path} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise ConfError(f"conf file {path} is not valid JSON: {err}") from None
+
+
+def cmd_sample(args) -> int:
+    from emprocess.sample import write_sample
+
+    conf = write_sample(args.dir, size=args.size, n_slices=args.slices, seed=args.seed)
+    print(f"sample stack written: {conf['source']} ({conf['minz']}..{conf['maxz']}); conf: {Path(args.dir) / 'conf.json'}")
+    return 0
+
+
+def _run(conf: dict, width: int, resume: str | None) -> int:
+    from emprocess.workflow.local_run import run_local
+
+    result = run_local(conf, width=width, resume=resume)
+    if result.state != "success" or result.failed:
+        for task_id, error in result.failed:
+            print(f"task {task_id} failed: {error}", file=sys.stderr)
+        print(f"run {result.run_id} ended {result.state}; resume with --resume {result.run_id}", file=sys.stderr)
+        return 1
+    print(f"run {result.run_id} succeeded")
+    _print_outputs(conf, result.run_id)
+    return 0
+
+
+def _print_outputs(conf: dict, run_id: str) -> None:
+    from emprocess import storage
+    from emprocess.stages import RunContext
+
+    ctx = RunContext.create(conf, run_id)
+    complete = storage.read_json(storage.join(ctx.locations.process, "complete.json"))
+    print(f"  process location: {ctx.locations.process}")
+    for name, url in complete["outputs"].items():
+        if url:
+            print(f"  {name}: {url}")
+
+
+def cmd_run(args) -> int:
+    return _run(_load_conf(args.conf), args.width, args.resume)
+
+
+def cmd_demo(args) -> int:
+    from emprocess.sample import write_sample
+
+    out = Path(args.dir).resolve()
+    conf = write_sample(out / "sample")
+    print(f"sample stack: {conf['source']}", flush=True)
+    code = _run(conf, args.width, None)
+    if code == 0:
+        print(f"to view: emprocess serve {out}  (then open the printed neuroglancer link)")
+    return code
+
+
+def cmd_work(args) -> int:
+    from emprocess import registry
+    from emprocess.batch import run_in_process
+    from emprocess.stages import RunContext
+
+    ctx = RunContext.create(_load_conf(args.conf), args.run_id)
+    stage = registry.get(args.stage)
+    summary = run_in_process(stage, ctx, args.worker, args.of, threads=args.threads)
+    print(summary)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from emprocess import registry, storage
+    from emprocess.stages import RunContext
+
+    ctx = RunContext.create(_load_conf(args.conf), args.run_id)
+    for name, stage in registry.stages().items():
+        try:
+            tasks = stage.plan(ctx)
+        except (FileNotFoundError, ConfError) as err:
+            print(f"{name:16s} not planned yet ({err})")
+            continue
+        done = sum(storage.exists(ctx.cache_url(name, t["key"])) for t in tasks)
+        print(f"{name:16s} {done}/{len(tasks)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="emprocess", description=__doc__)
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample", help="write the synthetic sample stack")
+    p.add_argument("dir")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--slices", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("run", help="run one DAG run locally (temp Airflow, local services)")
+    p.add_argument("conf", help="run conf JSON file")
+    p.add_argument("--width", type=int, default=1, choices=(1, 4, 16, 32, 64, 128))
+    p.add_argument("--resume", metavar="RUN_ID", help="resume this earlier run (skips finished work)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="write the sample stack and run it end to end")
+    p.add_argument("dir")
+    p.add_argument("--width", type=int, default=1, choices=(1, 4, 16, 32, 64, 128))
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("work", help="run one stage's worker in-process (what a Kubernetes pod runs)")
+    p.add_argument("stage", help="stage name, e.g. align.pairs, pyramid.shard, cg.layer3")
+    p.add_argument("--worker", type=int, default=0)
+    p.add_argument("--of", type=int, default=1)
+    p.add_argument("--conf", required=True)
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_work)
+
+    p = sub.add_parser("status", help="done/total mini-tasks per stage of a run")
+    p.add_argument("--conf", required=True)
+    p.add_argument("--run-id", required=True)
+    p.set_defaults(func=cmd_status)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except ConfError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

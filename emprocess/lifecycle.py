@@ -1,0 +1,70 @@
+"""The first and last steps of a run: create its locations, then mark it complete.
+
+``init.json`` is written once (a resumed run keeps the original start); ``complete.json`` is the
+single marker that a run's outputs are whole, written last.
+"""
+
+from __future__ import annotations
+
+import datetime
+from importlib.metadata import PackageNotFoundError, version
+
+from emprocess import __version__, storage
+from emprocess.stages import RunContext
+
+TMP_LIFETIME_DAYS = 7
+VERSIONED_PACKAGES = ("apache-airflow", "tensorstore", "numpy", "opencv-python-headless")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def package_versions() -> dict[str, str]:
+    found = {"emprocess": __version__}
+    for name in VERSIONED_PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def create_env(ctx: RunContext) -> dict:
+    """Create the run's buckets/folders and write ``init.json`` unless a resumed run wrote it."""
+    for location in ctx.locations.all():
+        storage.ensure_location(location, project=ctx.conf.project)
+    init_url = storage.join(ctx.locations.process, "init.json")
+    if storage.exists(init_url):
+        return storage.read_json(init_url)
+    init = {
+        "conf": ctx.conf.to_json(),
+        "run_id": ctx.run_id,
+        "run_key": ctx.key,
+        "versions": package_versions(),
+        "started": _now(),
+        "locations": vars(ctx.locations),
+    }
+    storage.write_json(init_url, init)
+    return init
+
+
+def publish(ctx: RunContext) -> dict:
+    """Expire tmp, open the viewing location when asked, and write ``complete.json`` last."""
+    storage.set_expiry(ctx.locations.tmp, TMP_LIFETIME_DAYS)
+    if ctx.conf.public:
+        storage.make_public(ctx.locations.ng)
+    complete = {
+        "conf": ctx.conf.to_json(),
+        "run_id": ctx.run_id,
+        "finished": _now(),
+        "outputs": {
+            "jpeg": ctx.locations.jpeg if ctx.wants("pyramid") else None,
+            "raw": ctx.locations.raw if ctx.wants("pyramid") and ctx.conf.createRawPyramid else None,
+            "segmentation": ctx.locations.segmentation if ctx.wants("chunkedgraph") else None,
+            "chunkedgraph": ctx.locations.chunkedgraph if ctx.wants("chunkedgraph") else None,
+            "transforms": storage.join(ctx.locations.process, "align", "transforms.json"),
+        },
+    }
+    storage.write_json(storage.join(ctx.locations.process, "complete.json"), complete)
+    return complete

@@ -1,0 +1,1 @@
+"""Airflow-only code: the batch operator, task groups and the DAG factory."""

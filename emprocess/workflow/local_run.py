@@ -1,0 +1,159 @@
+"""Run one DAG run on this machine: temp SQLite Airflow, both services on 127.0.0.1, ``dag.test``.
+
+Airflow reads its configuration at import, so ``run_local`` must be called in a process that has
+not imported Airflow yet (the ``emprocess run`` command is such a process).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from emprocess import storage
+from emprocess.config import ConfError, parse_conf
+
+log = logging.getLogger("emprocess.run")
+
+SERVICES = {"fiji": ("ALIGN_CLOUD_RUN", "containers.fiji.app:app"), "emwrite": ("IMG_WRITE", "containers.emwrite.app:app")}
+DAG_FILE = "from emprocess.workflow.dag_factory import build_all\n\nglobals().update(build_all())  # airflow dag\n"
+POOL_SLOTS = 64
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    state: str
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (task id, error)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def service(name: str, allowed: list[str], log_dir: Path):
+    """Start one service with uvicorn on a free loopback port; yield its base URL."""
+    port = free_port()
+    env = dict(os.environ, EMPROCESS_ALLOWED_PREFIXES=",".join(allowed))
+    log_file = open(log_dir / f"{name}.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", SERVICES[name][1], "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "warning"],
+        env=env, stdout=log_file, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RunFailed(f"the {name} service exited at start; see {log_dir / (name + '.log')}")
+            try:
+                if requests.get(url + "/healthz", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RunFailed(f"the {name} service did not start within 120 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log_file.close()
+
+
+def allowed_prefixes(conf) -> list[str]:
+    """The run reads its source and writes sibling locations: allow the source's parent folder (or
+    its buckets), plus the segmentation inputs."""
+    src = storage.parse(conf.source)
+    prefixes = [str(src.parent())] if src.scheme == "file" else [f"{src.scheme}://"]
+    if conf.segmentation is not None:
+        for url in (conf.segmentation.watershed, conf.segmentation.agglomeration):
+            if url:
+                prefixes.append(str(storage.parse(url).parent()))
+    return prefixes
+
+
+def logical_date_of(run_id: str) -> datetime.datetime:
+    """The logical date encoded in a manual run id (``manual__<iso date>``), to resume that run."""
+    try:
+        return datetime.datetime.fromisoformat(run_id.split("__", 1)[1])
+    except (IndexError, ValueError):
+        raise ConfError(f"--resume: {run_id!r} is not a run id of the form manual__<ISO date>") from None
+
+
+def _prepare_airflow(home: Path) -> None:
+    dags = home / "dags"
+    dags.mkdir(parents=True, exist_ok=True)
+    (dags / "emprocess_dags.py").write_text(DAG_FILE)
+    os.environ.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
+        AIRFLOW__LOGGING__BASE_LOG_FOLDER=str(home / "logs"),
+    )
+
+
+def run_local(conf_dict: dict, width: int = 1, resume: str | None = None, keep_home: bool = False) -> RunResult:
+    conf = parse_conf(conf_dict)
+    with ExitStack() as stack:
+        home = Path(tempfile.mkdtemp(prefix="emprocess-airflow-"))
+        if not keep_home:
+            stack.callback(lambda: subprocess.run(["rm", "-rf", str(home)], check=False))
+        _prepare_airflow(home)
+        allowed = allowed_prefixes(conf)
+        for name, (conn_id, _) in SERVICES.items():
+            url = stack.enter_context(service(name, allowed, home))
+            os.environ[f"AIRFLOW_CONN_{conn_id}"] = url
+        log.info("services up; initialising Airflow in %s", home)
+
+        from airflow.models.pool import Pool
+        from airflow.utils import db
+
+        from emprocess.workflow.dag_factory import POOLS, build_dag
+
+        db.resetdb(skip_init=False)
+        for pool, description in POOLS.items():
+            Pool.create_or_update_pool(pool, POOL_SLOTS, description, include_deferred=False)
+        dag = build_dag(width)
+        logical_date = logical_date_of(resume) if resume else datetime.datetime.now(datetime.timezone.utc)
+        log.info("running %s", dag.dag_id)
+        return run_dag_test(dag, conf_dict, logical_date)
+
+
+def run_dag_test(dag, conf: dict, logical_date: datetime.datetime | None = None) -> RunResult:
+    """``dag.test`` with each failed task's exception collected. Locally a failure ends the run at
+    once (no retries; resume instead); tasks run in-process, so the callback sees the exception."""
+    failed: list[tuple[str, str]] = []
+    for task in dag.tasks:
+        task.retries = 0
+        task.on_failure_callback = [
+            lambda context: failed.append((context["ti"].task_id, _describe(context.get("exception"))))
+        ]
+    dag_run = dag.test(run_conf=conf, logical_date=logical_date or datetime.datetime.now(datetime.timezone.utc))
+    return RunResult(dag_run.run_id, str(dag_run.state), failed)
+
+
+def _describe(error: BaseException | None) -> str:
+    return "unknown error" if error is None else f"{type(error).__name__}: {error}"

@@ -1,0 +1,64 @@
+"""The one operator every stage uses: run this worker's share of a stage's mini-tasks."""
+
+from __future__ import annotations
+
+import threading
+
+from airflow.sdk import BaseHook, BaseOperator
+
+from emprocess import registry
+from emprocess.batch import run_share
+from emprocess.stages import RunContext
+from emprocess.workflow.service_client import IdTokenAuth, ServiceClient
+
+SERVICE_CONNECTIONS = {"fiji": "ALIGN_CLOUD_RUN", "emwrite": "IMG_WRITE"}
+SERVICE_POOLS = {"fiji": "emprocess_align", "emwrite": "emprocess_write"}
+
+
+def client_for(conn_id: str, stop: threading.Event) -> ServiceClient:
+    """A client for an Airflow HTTP connection. Extras: ``auth: google_id_token`` (Cloud Run ID
+    tokens for the connection's host), ``timeout`` (s per call), ``backoff_base`` (s, first retry)."""
+    conn = BaseHook.get_connection(conn_id)
+    scheme = conn.schema if conn.schema in ("http", "https") else (conn.conn_type or "http")
+    if scheme not in ("http", "https"):
+        scheme = "http"
+    base = f"{scheme}://{conn.host}" + (f":{conn.port}" if conn.port else "")
+    extra = conn.extra_dejson
+    auth = IdTokenAuth(audience=base) if extra.get("auth") == "google_id_token" else None
+    return ServiceClient(
+        base,
+        auth=auth,
+        timeout_s=float(extra.get("timeout", 900)),
+        backoff_base_s=float(extra.get("backoff_base", 1.0)),
+        stop=stop,
+    )
+
+
+class BatchStageOperator(BaseOperator):
+    """Worker ``worker`` of ``width`` for one stage: plan, keep its share, run it on ``threads``
+    threads over HTTP (or in-process for light stages), caching each finished mini-task."""
+
+    ui_color = "#d8e8f8"
+
+    def __init__(self, *, stage: str, worker: int, width: int, threads: int = 4, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.stage = stage
+        self.worker = worker
+        self.width = width
+        self.threads = threads
+        self._stop = threading.Event()
+
+    def execute(self, context) -> dict:
+        stage = registry.get(self.stage)
+        ctx = RunContext.create(context["dag_run"].conf or {}, context["run_id"])
+        if stage.service is None:
+            call = lambda task: stage.work(task["payload"])  # noqa: E731
+        else:
+            client = client_for(SERVICE_CONNECTIONS[stage.service], self._stop)
+            call = lambda task: client.post(stage.endpoint, task["payload"])  # noqa: E731
+        summary = run_share(stage, ctx, self.worker, self.width, call, threads=self.threads, stop=self._stop)
+        self.log.info("%s", summary)
+        return vars(summary)
+
+    def on_kill(self) -> None:
+        self._stop.set()
