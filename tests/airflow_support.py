@@ -1,0 +1,30 @@
+"""Test-only stages and DAGs, and a helper to run a DAG with ``dag.test`` and collect its failures."""
+
+from __future__ import annotations
+
+from emprocess import registry
+from emprocess.stages import RunContext, Stage
+
+FLAKY_STAGE = "test.flaky"
+FLAKY_DAG = "emprocess_test_flaky"
+FLAKY_WIDTH = 2
+
+
+def flaky_plan(ctx: RunContext) -> list[dict]:
+    """One mini-task per slice; the test server decides how each key behaves."""
+    return [{"key": f"k{z:03d}", "payload": {"key": f"k{z:03d}", "z": z}} for z in ctx.conf.z_range]
+
+
+FLAKY = Stage(FLAKY_STAGE, "fiji", "/flaky", flaky_plan, work=lambda payload: {"echo": payload["key"]})
+
+
+def build_test_dags() -> dict:
+    from airflow.sdk import DAG
+
+    from emprocess.workflow.operators import BatchStageOperator
+
+    registry.stages()[FLAKY_STAGE] = FLAKY
+    with DAG(FLAKY_DAG, schedule=None, catchup=False) as dag:
+        for i in range(FLAKY_WIDTH):
+            BatchStageOperator(task_id=f"flaky_{i}", stage=FLAKY_STAGE, worker=i, width=FLAKY_WIDTH, threads=3)
+    return {FLAKY_DAG: dag}

@@ -1,0 +1,100 @@
+"""``emprocess run`` end to end: real Airflow (temp SQLite), both real services on 127.0.0.1, file:// storage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emprocess import storage
+from emprocess.stages import RunContext
+
+
+def emprocess(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "emprocess.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def run_id_of(stdout: str) -> str:
+    line = next(line for line in stdout.splitlines() if line.startswith("run "))
+    return line.split()[1]
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> dict:
+    from emprocess.sample import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("e2e") / "sample", size=256, n_slices=6, seed=3)
+
+
+@pytest.fixture(scope="module")
+def sample_run(sample, tmp_path_factory) -> tuple[dict, str, subprocess.CompletedProcess]:
+    conf_path = tmp_path_factory.mktemp("conf") / "conf.json"
+    conf_path.write_text(json.dumps(sample))
+    done = emprocess("run", str(conf_path))
+    assert done.returncode == 0, done.stderr[-5000:]
+    return sample, run_id_of(done.stdout), done
+
+
+def test_sample_run_writes_init_and_complete(sample_run):
+    conf, run_id, done = sample_run
+    ctx = RunContext.create(conf, run_id)
+    init = storage.read_json(storage.join(ctx.locations.process, "init.json"))
+    complete = storage.read_json(storage.join(ctx.locations.process, "complete.json"))
+    assert init["run_id"] == run_id == complete["run_id"]
+    assert init["conf"] == complete["conf"] == ctx.conf.to_json()
+    assert init["versions"]["emprocess"] and init["versions"]["apache-airflow"].startswith("3.")
+    assert complete["outputs"]["jpeg"] == ctx.locations.jpeg
+    assert storage.exists(storage.join(ctx.locations.process, "align", "transforms.json"))
+    assert ctx.locations.process in done.stdout
+
+
+def test_resume_skips_finished_work(sample_run, tmp_path):
+    conf, run_id, _ = sample_run
+    ctx = RunContext.create(conf, run_id)
+    cache = storage.join(ctx.locations.process, "cache")
+    before = {key: storage.read(storage.join(cache, key)) for key in storage.listdir(cache)}
+    assert any(key.startswith("align.pairs/") for key in before)
+    conf_path = tmp_path / "conf.json"
+    conf_path.write_text(json.dumps(conf))
+    again = emprocess("run", str(conf_path), "--resume", run_id)
+    assert again.returncode == 0, again.stderr[-5000:]
+    assert run_id_of(again.stdout) == run_id
+    after = {key: storage.read(storage.join(cache, key)) for key in storage.listdir(cache)}
+    assert after == before  # nothing re-ran: every mini-task was found finished
+    assert "0 run now" in again.stderr and " run now" in again.stderr
+
+
+def test_single_slice_run(sample, tmp_path):
+    conf = dict(sample, id="single", minz=2, maxz=2)
+    conf_path = tmp_path / "conf.json"
+    conf_path.write_text(json.dumps(conf))
+    done = emprocess("run", str(conf_path))
+    assert done.returncode == 0, done.stderr[-5000:]
+    ctx = RunContext.create(conf, run_id_of(done.stdout))
+    assert storage.exists(storage.join(ctx.locations.process, "complete.json"))
+    transforms = storage.read_json(storage.join(ctx.locations.process, "align", "transforms.json"))
+    assert list(transforms["transforms"]) == ["2"]
+
+
+def test_failed_run_names_the_task_and_error(sample, tmp_path):
+    conf = dict(sample, id="broken", maxz=sample["maxz"] + 3)
+    conf_path = tmp_path / "conf.json"
+    conf_path.write_text(json.dumps(conf))
+    done = emprocess("run", str(conf_path))
+    assert done.returncode == 1
+    assert "task validate failed" in done.stderr and "does not exist" in done.stderr
+    assert f"img{sample['maxz'] + 1:05d}.png" in done.stderr
+
+
+def test_cli_rejects_a_bad_conf_before_starting(tmp_path):
+    conf_path = tmp_path / "conf.json"
+    conf_path.write_text(json.dumps({"id": "x", "image": "a%d.png", "minz": 0, "maxz": 1, "source": "ftp://x"}))
+    done = emprocess("run", str(conf_path))
+    assert done.returncode == 2
+    assert "'source'" in done.stderr and "ftp" in done.stderr
+    assert list(tmp_path.iterdir()) == [conf_path]
