@@ -1,0 +1,62 @@
+"""Serve local outputs to neuroglancer: static files with HTTP Range requests and CORS.
+
+Sharded precomputed volumes are read with Range requests, and neuroglancer runs on another origin,
+so Python's plain ``http.server`` (no Range, no CORS) is not enough.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import partial
+from http import HTTPStatus
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)$")
+
+
+class RangeCorsHandler(SimpleHTTPRequestHandler):
+    def end_headers(self) -> None:
+        self.send_header("Access-Control-Allow-Origin", "*")
+        self.send_header("Access-Control-Allow-Headers", "Range")
+        self.send_header("Access-Control-Expose-Headers", "Content-Range, Content-Length, Accept-Ranges")
+        self.send_header("Accept-Ranges", "bytes")
+        super().end_headers()
+
+    def do_OPTIONS(self) -> None:
+        self.send_response(HTTPStatus.NO_CONTENT)
+        self.send_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        match = RANGE_RE.match(self.headers.get("Range", "").strip())
+        path = self.translate_path(self.path)
+        if match is None or not os.path.isfile(path):
+            return super().do_GET()
+        size = os.path.getsize(path)
+        first, last = match.groups()
+        if first == "":  # suffix range: the last N bytes
+            start, stop = max(0, size - int(last or 0)), size - 1
+        else:
+            start, stop = int(first), min(int(last) if last else size - 1, size - 1)
+        if start >= size or start > stop:
+            self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.end_headers()
+            return
+        with open(path, "rb") as f:
+            f.seek(start)
+            body = f.read(stop - start + 1)
+        self.send_response(HTTPStatus.PARTIAL_CONTENT)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {start}-{stop}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def make_server(directory: str, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
+    return ThreadingHTTPServer((host, port), partial(RangeCorsHandler, directory=directory))
