@@ -82,7 +82,7 @@ def parse(url: str | Url) -> Url:
     text = url.strip()
     if "://" not in text:
         if text.startswith(("/", "./")) or os.sep in text:
-            _check_segments(text, text)
+            _check_segments(text.removeprefix("./"), text)
             return Url("file", "", str(Path(text).resolve()))
         text = "gs://" + text
     parsed = urlparse(text)
@@ -199,7 +199,14 @@ def delete(url: str | Url) -> None:
 
 
 def delete_tree(url: str | Url) -> None:
-    store, key = _store_of(url)
+    """Delete every key below ``url``; for a bucket root that is the whole bucket's content."""
+    u = parse(url)
+    store, key = _store_of(u)
+    if not key:
+        if u.scheme == "file":
+            raise StorageError(f"{url!r}: refusing to delete the file system root")
+        store.delete_range(ts.KvStore.KeyRange()).result()
+        return
     prefix = key.rstrip("/") + "/"
     store.delete_range(ts.KvStore.KeyRange(prefix, _successor(prefix))).result()
 
@@ -231,7 +238,11 @@ def ensure_location(url: str | Url, project: str | None = None) -> None:
         try:
             s3.head_bucket(Bucket=u.bucket)
         except ClientError:
-            s3.create_bucket(Bucket=u.bucket)
+            region = s3.meta.region_name
+            if region in (None, "us-east-1"):
+                s3.create_bucket(Bucket=u.bucket)
+            else:  # every other region must be named again here
+                s3.create_bucket(Bucket=u.bucket, CreateBucketConfiguration={"LocationConstraint": region})
 
 
 CORS_RULE = {"origins": ["*"], "methods": ["GET", "HEAD"], "headers": ["Range", "Content-Type"], "max_age": 3600}

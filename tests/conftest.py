@@ -1,0 +1,141 @@
+"""Shared pytest fixtures, one section per topic (add a new section rather than growing another's)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import pytest
+
+# ==== Object stores: a real S3 API (moto server) and GCS API (gcp-storage-emulator) per session ==========
+#
+# Each fixture starts its server on 127.0.0.1 once per session, points every client at it through the
+# environment for the rest of the session (boto3, tensorstore and google-cloud-storage all read it at
+# open), and yields an ObjectStoreServer. Use a fresh bucket per test (``new_bucket``): the servers and
+# storage.py's kvstore cache live as long as the session, so reused names would share state.
+
+
+@dataclass
+class ObjectStoreServer:
+    """A running object-store API: its ``endpoint`` URL and helpers to make uniquely named buckets."""
+
+    scheme: str  # "s3" or "gs"
+    endpoint: str  # http://127.0.0.1:PORT
+    _create: Callable[[str], None]
+    _exists: Callable[[str], bool]
+    _counter: Iterator[int] = field(default_factory=itertools.count)
+
+    def bucket_name(self, prefix: str = "test") -> str:
+        """A bucket name no test has used in this session (the bucket is not created)."""
+        return f"{prefix}-{next(self._counter)}"
+
+    def new_bucket(self, prefix: str = "test") -> str:
+        """Create a fresh bucket and return its URL, e.g. ``s3://test-3``."""
+        name = self.bucket_name(prefix)
+        self._create(name)
+        return f"{self.scheme}://{name}"
+
+    def bucket_exists(self, name: str) -> bool:
+        return self._exists(name)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[ObjectStoreServer]:
+    """moto's S3 server; AWS_ENDPOINT_URL and dummy credentials set for the session."""
+    import boto3
+    from botocore.exceptions import ClientError
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def exists(name: str) -> bool:
+        try:
+            client.head_bucket(Bucket=name)
+        except ClientError:
+            return False
+        return True
+
+    with pytest.MonkeyPatch.context() as env:
+        # Settings a developer's shell may carry that would override or confuse ours.
+        for name in ("AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            env.delenv(name, raising=False)
+        env.setenv("AWS_ENDPOINT_URL", endpoint)
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        yield ObjectStoreServer("s3", endpoint, lambda name: client.create_bucket(Bucket=name), exists)
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[ObjectStoreServer]:
+    """gcp-storage-emulator, in memory, with the two fixes tensorstore needs (see ``_fixed_gcs_routes``).
+
+    Environment for the session: TENSORSTORE_GCS_HTTP_URL (tensorstore), STORAGE_EMULATOR_HOST
+    (google-cloud-storage, which then goes anonymous) and GOOGLE_AUTH_TOKEN_FOR_TESTING, which makes
+    tensorstore send a fixed token instead of looking for real credentials or a GCE metadata server.
+    """
+    from gcp_storage_emulator import server as emulator
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setattr(emulator, "HANDLERS", _fixed_gcs_routes(emulator.HANDLERS))
+        server = emulator.create_server("127.0.0.1", 0, in_memory=True)
+        server.start()
+        port = server._api._httpd.server_address[1]  # the emulator does not expose the port it bound
+        endpoint = f"http://127.0.0.1:{port}"
+        env.setenv("TENSORSTORE_GCS_HTTP_URL", endpoint)
+        env.setenv("STORAGE_EMULATOR_HOST", endpoint)
+        env.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
+        client = gcs.Client(project="emprocess-test", credentials=AnonymousCredentials(),
+                            client_options={"api_endpoint": endpoint})
+        try:
+            yield ObjectStoreServer("gs", endpoint, client.create_bucket,
+                                    lambda name: client.lookup_bucket(name) is not None)
+        finally:
+            server.stop()
+
+
+def _fixed_gcs_routes(routes: tuple) -> tuple:
+    """The emulator's routes, made to behave like GCS where tensorstore depends on it.
+
+    - Listing ignores ``startOffset``/``endOffset``, and tensorstore lists a key range with those alone:
+      ``listdir`` would return neighbouring keys and ``delete_range`` would empty the whole bucket.
+    - Reads carry no ``x-goog-generation`` header, so tensorstore's read-modify-write (any partial chunk
+      write) fails with "Malformed StorageGeneration".
+    """
+    from gcp_storage_emulator.handlers import objects
+
+    def list_range(request, response, storage):
+        objects.ls(request, response, storage)
+        if response.status != HTTPStatus.OK:
+            return
+        start = request.query.get("startOffset", [""])[0]
+        end = request.query.get("endOffset", [""])[0]  # empty: no upper bound
+        listing = json.loads(response._content)  # the emulator keeps the JSON body here until it is sent
+        listing["items"] = [o for o in listing["items"] if start <= o["name"] and (not end or o["name"] < end)]
+        response.json(listing)
+
+    def with_generation(handler):
+        def handle(request, response, storage):
+            handler(request, response, storage)
+            if response.status in (HTTPStatus.OK, HTTPStatus.PARTIAL_CONTENT):
+                obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+                response["x-goog-generation"] = obj["generation"]
+                response["x-goog-metageneration"] = obj["metageneration"]
+
+        return handle
+
+    fixes = {objects.ls: list_range, objects.get: with_generation(objects.get),
+             objects.download: with_generation(objects.download)}
+    return tuple((pattern, {method: fixes.get(handler, handler) for method, handler in methods.items()})
+                 for pattern, methods in routes)

@@ -1,0 +1,265 @@
+"""storage.py against the real APIs it is used with: a local folder, S3 (moto server) and GCS (emulator)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorstore as ts
+
+from emprocess import storage
+from emprocess.storage import RunLocations, StorageError, Url
+
+BACKENDS = ["file", "s3", "gs"]
+
+
+def _server(request, scheme: str):
+    return request.getfixturevalue({"s3": "s3_server", "gs": "gcs_server"}[scheme])
+
+
+@pytest.fixture(params=BACKENDS)
+def base(request, tmp_path) -> str:
+    """An empty location on each backend: a folder, or a fresh bucket."""
+    if request.param == "file":
+        return f"file://{tmp_path}/store"
+    return _server(request, request.param).new_bucket()
+
+
+def fill(base: str, keys: list[str]) -> None:
+    for key in keys:
+        storage.write(storage.join(base, key), key.encode())
+
+
+# --- objects ---------------------------------------------------------------------------------------------------
+
+
+def test_write_read_exists(base):
+    key = storage.join(base, "run", "a.bin")
+    missing = storage.join(base, "run", "missing.bin")
+    storage.write(key, b"\x00payload\xff")
+    assert storage.read(key) == b"\x00payload\xff"
+    assert storage.exists(key) and not storage.exists(missing)
+    assert storage.read_range(key, 1, 4) == b"pay"
+    assert storage.read_range(key, 7) == b"d\xff"
+    assert storage.read_range(key, -2) == b"d\xff"
+    storage.write(key, b"replaced")
+    assert storage.read(key) == b"replaced"
+    with pytest.raises(FileNotFoundError, match="missing.bin"):
+        storage.read(missing)
+    assert storage.read_if_exists(missing) is None
+    assert storage.read_if_exists(key) == b"replaced"
+
+
+def test_listdir_is_recursive_relative_and_exact(base):
+    fill(base, ["run/a", "run/sub/b", "run/sub/c/d", "ru", "run0", "runx/e", "other/f"])
+    assert storage.listdir(storage.join(base, "run")) == ["a", "sub/b", "sub/c/d"]
+    assert storage.listdir(storage.join(base, "run", "sub")) == ["b", "c/d"]
+    assert storage.listdir(storage.join(base, "nothing")) == []
+    assert storage.listdir(base) == ["other/f", "ru", "run/a", "run/sub/b", "run/sub/c/d", "run0", "runx/e"]
+
+
+def test_delete_removes_exactly_one_object(base):
+    fill(base, ["run/a", "run/ab", "run/b"])
+    storage.delete(storage.join(base, "run", "a"))
+    assert storage.listdir(storage.join(base, "run")) == ["ab", "b"]
+    storage.delete(storage.join(base, "run", "never-written"))  # deleting nothing is fine
+    assert storage.listdir(storage.join(base, "run")) == ["ab", "b"]
+
+
+def test_delete_tree_stays_inside_its_prefix(base):
+    fill(base, ["run/a", "run/sub/b", "ru", "run0", "runx/e"])
+    storage.delete_tree(storage.join(base, "run"))
+    assert storage.listdir(base) == ["ru", "run0", "runx/e"]
+
+
+def test_delete_tree_of_a_location_root_empties_it(base):
+    fill(base, ["a", "b/c"])
+    storage.delete_tree(base)
+    assert storage.listdir(base) == []
+
+
+def test_json_round_trip(base):
+    value = {"id": "sample", "z": [0, 1, 2], "nested": {"µm": 0.008, "ok": True, "none": None}}
+    url = storage.join(base, "process", "init.json")
+    storage.write_json(url, value)
+    assert storage.read_json(url) == value
+    assert storage.read(url).decode().startswith('{\n  "id"')  # readable: indented, sorted keys
+
+
+# --- locations ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_ensure_location_creates_a_bucket_once(request, scheme):
+    server = _server(request, scheme)
+    name = server.bucket_name("made")
+    assert not server.bucket_exists(name)
+    storage.ensure_location(f"{scheme}://{name}/some/path")
+    assert server.bucket_exists(name)
+    storage.ensure_location(f"{scheme}://{name}")  # already there: no error
+    storage.write(f"{scheme}://{name}/x", b"1")
+    assert storage.read(f"{scheme}://{name}/x") == b"1"
+
+
+def test_ensure_location_creates_s3_buckets_outside_us_east_1(s3_server, monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")  # needs a LocationConstraint there
+    name = s3_server.bucket_name("europe")
+    storage.ensure_location(f"s3://{name}")
+    assert s3_server.bucket_exists(name)
+
+
+def test_ensure_location_creates_folders(tmp_path):
+    folder = tmp_path / "a" / "b"
+    storage.ensure_location(f"file://{folder}")
+    storage.ensure_location(str(folder))
+    assert folder.is_dir()
+
+
+@pytest.mark.parametrize("scheme", BACKENDS)
+def test_run_locations_are_usable(request, tmp_path, scheme):
+    source = f"file://{tmp_path}/em" if scheme == "file" else _server(request, scheme).new_bucket("src")
+    locations = storage.run_locations(source, "run-1")
+    for location in locations.all():
+        storage.ensure_location(location)
+        storage.write_json(storage.join(location, "probe.json"), {"at": location})
+    for location in locations.all():
+        assert storage.read_json(storage.join(location, "probe.json")) == {"at": location}
+    assert storage.listdir(locations.process) == ["probe.json"]
+
+
+# --- volumes through tensorstore -------------------------------------------------------------------------------
+
+
+def test_zarr3_volume_round_trip(base):
+    url = storage.join(base, "tmp", "aligned")
+    expected = np.random.default_rng(1).integers(0, 65535, (20, 30, 40), dtype=np.uint16)
+    spec = {"driver": "zarr3", "kvstore": storage.kvstore_spec(url)}
+    volume = ts.open(spec, create=True, dtype=ts.uint16, shape=expected.shape,
+                     chunk_layout=ts.ChunkLayout(chunk_shape=[8, 16, 16]), context=storage.context()).result()
+    volume.write(expected).result()
+    # A fresh context: nothing cached, so the reads and the partial-chunk read-modify-write hit the store.
+    reopened = ts.open(spec, context=ts.Context()).result()
+    assert np.array_equal(reopened.read().result(), expected)
+    reopened[3:5, 2:7, 1:9].write(7).result()
+    expected[3:5, 2:7, 1:9] = 7
+    assert np.array_equal(ts.open(spec, context=ts.Context()).result().read().result(), expected)
+    assert "zarr.json" in storage.listdir(url)
+    assert len(storage.listdir(url)) == 1 + 3 * 2 * 3  # metadata + one object per chunk
+
+
+# --- parsing --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("ftp://host/x", "unsupported scheme"),
+    ("http://host/x", "unsupported scheme"),
+    ("gs://bucket-a/a/../b", "'..'"),
+    ("s3://bucket-a/./b", "'.'"),
+    ("file:///data/../etc", "'..'"),
+    ("/data/a/../b", "'..'"),
+    ("file://relative/dir", "absolute"),
+    ("file://./dir", "absolute"),
+    ("gs://UPPER", "not a valid bucket"),
+    ("gs://ab", "not a valid bucket"),
+    ("s3://-leading", "not a valid bucket"),
+    ("s3://trailing-", "not a valid bucket"),
+    ("gs://a..b", "not a valid bucket"),
+    ("gs:///no-bucket", "not a valid bucket"),
+    ("gs://" + "x" * 64, "not a valid bucket"),
+    ("", "non-empty"),
+    ("   ", "non-empty"),
+])
+def test_parse_rejects(url, message):
+    with pytest.raises(StorageError, match=message):
+        storage.parse(url)
+
+
+def test_parse_rejects_non_strings_and_bad_joins():
+    with pytest.raises(StorageError):
+        storage.parse(None)
+    with pytest.raises(StorageError, match="'..'"):
+        storage.join("gs://bucket-a/run", "x/../y")
+
+
+def test_parse_accepts():
+    assert storage.parse("gs://bucket-a/run/x/") == Url("gs", "bucket-a", "run/x")
+    assert storage.parse("S3://bucket.a_b-1/k") == Url("s3", "bucket.a_b-1", "k")
+    assert storage.parse("file:///data/em/") == Url("file", "", "/data/em")
+    assert storage.parse("file://localhost/data") == Url("file", "", "/data")
+    assert str(storage.parse("gs://bucket-a")) == "gs://bucket-a"
+    assert str(storage.parse("gs://bucket-a/run")) == "gs://bucket-a/run"
+    assert str(storage.parse("file:///data/em")) == "file:///data/em"
+
+
+def test_plain_paths_are_files_and_bare_names_are_gcs_buckets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage.parse("/data/em") == Url("file", "", "/data/em")
+    assert storage.parse("./em") == Url("file", "", str(tmp_path / "em"))
+    assert storage.parse("my-bucket") == Url("gs", "my-bucket", "")
+    assert str(storage.parse("  my-bucket ")) == "gs://my-bucket"
+
+
+def test_url_helpers():
+    u = storage.parse("gs://bucket-a/run/x.json")
+    assert u.name == "x.json"
+    assert str(u.parent()) == "gs://bucket-a/run"
+    assert str(u.parent().parent()) == "gs://bucket-a"
+    assert str(storage.parse("file:///data").parent()) == "file:///"
+    assert storage.join("gs://bucket-a", "a/", "/b", "", "c") == "gs://bucket-a/a/b/c"
+    assert storage.join("file:///d", "x") == "file:///d/x"
+
+
+def test_kvstore_spec(monkeypatch):
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    assert storage.kvstore_spec("file:///d/v") == {"driver": "file", "path": "/d/v/"}
+    assert storage.kvstore_spec("gs://bucket-a/v") == {"driver": "gcs", "bucket": "bucket-a", "path": "v/"}
+    assert storage.kvstore_spec("gs://bucket-a") == {"driver": "gcs", "bucket": "bucket-a", "path": ""}
+    assert storage.kvstore_spec("s3://bucket-a/v") == {"driver": "s3", "bucket": "bucket-a", "path": "v/"}
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    assert storage.kvstore_spec("s3://bucket-a")["endpoint"] == "http://127.0.0.1:9"
+    assert storage.kvstore_spec("s3://bucket-a")["aws_region"] == "us-east-1"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:10")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    assert storage.kvstore_spec("s3://bucket-a")["endpoint"] == "http://127.0.0.1:10"
+    assert storage.kvstore_spec("s3://bucket-a")["aws_region"] == "eu-west-1"
+
+
+def test_is_under():
+    assert storage.is_under("gs://bucket-a/run/x", ["gs://bucket-a/run"])
+    assert storage.is_under("gs://bucket-a/run", ["gs://bucket-a/run/"])
+    assert storage.is_under("gs://bucket-a/x", ["bucket-a"])  # a bare name is a GCS bucket
+    assert not storage.is_under("gs://bucket-a/runner", ["gs://bucket-a/run"])
+    assert not storage.is_under("s3://bucket-a/run/x", ["gs://bucket-a/run"])
+    assert not storage.is_under("gs://bucket-ab/x", ["gs://bucket-a"])
+    assert storage.is_under("/data/a/b", ["file:///other", "file:///data/a"])
+    assert not storage.is_under("/data/ab", ["file:///data/a"])
+    assert not storage.is_under("gs://bucket-a/x", [])
+
+
+@pytest.mark.parametrize("scheme", ["gs", "s3"])
+def test_run_locations_in_buckets(scheme):
+    locations = storage.run_locations(f"{scheme}://em-data", "run-1")
+    assert locations == RunLocations(
+        process=f"{scheme}://em-data_process/run-1",
+        ng=f"{scheme}://em-data_ng_run-1",
+        chunk=f"{scheme}://em-data_chunk_run-1",
+        tmp=f"{scheme}://em-data_tmp_run-1",
+    )
+    assert locations.jpeg == f"{scheme}://em-data_ng_run-1/neuroglancer/jpeg"
+    assert locations.raw == f"{scheme}://em-data_chunk_run-1/neuroglancer/raw"
+    assert locations.aligned == f"{scheme}://em-data_tmp_run-1/aligned"
+    assert locations.chunkedgraph == f"{scheme}://em-data_chunk_run-1/chunkedgraph"
+    assert locations.meshes == f"{scheme}://em-data_ng_run-1/neuroglancer/segmentation/mesh"
+    assert locations.all() == [locations.process, locations.ng, locations.chunk, locations.tmp]
+
+
+def test_run_locations_of_a_bare_name_and_a_folder():
+    assert storage.run_locations("em-data", "r") == storage.run_locations("gs://em-data", "r")
+    locations = storage.run_locations("file:///d/em", "r")
+    assert locations == RunLocations(process="file:///d/em_process/r", ng="file:///d/em_ng_r",
+                                     chunk="file:///d/em_chunk_r", tmp="file:///d/em_tmp_r")
+
+
+def test_run_locations_need_a_bare_bucket():
+    with pytest.raises(StorageError, match="without a path"):
+        storage.run_locations("gs://em-data/sub", "r")
