@@ -1,0 +1,7 @@
+"""ALIGN: register adjacent slices (SIFT + RANSAC) and compose one transform per slice.
+
+Modules: ``images`` (slice reading, header-only sizes), ``features`` (tiled SIFT), ``models``
+(RANSAC + robust refinement of the affine and translation models), ``register`` (pairwise
+registration with retries), ``compose`` (model choice, composition, bounding box), ``collect``
+(writes ``align/transforms.json``, ``.csv`` and ``pairs.json``) and ``stages`` (the plan/work stages).
+"""

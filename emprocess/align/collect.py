@@ -1,0 +1,171 @@
+"""The collect step: one transform per slice, written to ``<process>/align/``.
+
+Outputs (``transforms.json`` is written last, so its presence means the others are complete):
+  * ``transforms.json`` — {"minz", "maxz", "width", "height", "transforms": {"<z>": [[a, b, c], [d, e, f]]},
+    "source_sizes": {"<z>": [w, h]}}; each matrix maps pixel (x, y) of the ORIGINAL slice z to its
+    pixel in the aligned output frame (full resolution, pixel centres at integers, so
+    ``cv2.warpAffine(slice, M, (width, height))`` renders the aligned slice); width × height is the
+    bounding box of all transformed slices, which starts at (0, 0).
+  * ``transforms.csv`` — the same matrices, one row per slice: z, a, b, c, d, e, f, source width, height.
+  * ``pairs.json`` — {"minz", "maxz", "mode", "reused_from", "negligible_px", "fallbacks": [z ...],
+    "pairs": [{"z", "model", "fallback", "reason", "departure_px", "candidates", "features",
+    "attempts", "affine", "translation"}]} with one entry per pair (z, z+1); every fallback is also
+    logged as a warning on the ``emprocess.align`` logger.
+
+Modes: "pairwise" composes the align.pairs results; "skip_align" gives identity transforms (slice
+sizes from image headers); "reused" takes another run's transforms.json (the reused frame is kept, so
+re-exports of one dataset line up).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from emprocess import storage
+from emprocess.align.compose import NEGLIGIBLE_PX, choose, compose, frame
+from emprocess.align.images import image_size
+from emprocess.stages import InputError
+
+log = logging.getLogger("emprocess.align")
+READ_THREADS = 16
+
+
+def collect(payload: dict) -> dict:
+    """Write the ALIGN outputs for slices minz..maxz; the result summarises them."""
+    minz, maxz = int(payload["minz"]), int(payload["maxz"])
+    folder = storage.join(payload["process"], "align")
+    if payload.get("reuse"):
+        transforms, pairs = _reused(payload["reuse"], minz, maxz)
+    elif payload["skip_align"] or minz == maxz:
+        transforms, pairs = _identity(payload, minz, maxz)
+    else:
+        transforms, pairs = _pairwise(payload["pairs"], minz, maxz)
+    storage.write_json(storage.join(folder, "pairs.json"), pairs)
+    storage.write(storage.join(folder, "transforms.csv"), _csv(transforms).encode())
+    storage.write_json(storage.join(folder, "transforms.json"), transforms)
+    return {
+        "mode": pairs["mode"],
+        "width": transforms["width"],
+        "height": transforms["height"],
+        "fallbacks": pairs["fallbacks"],
+        "transforms": storage.join(folder, "transforms.json"),
+    }
+
+
+def _pairwise(result_urls: list[str], minz: int, maxz: int) -> tuple[dict, dict]:
+    results = _pair_results(result_urls, minz, maxz)
+    sizes = _sizes_from_pairs(results)
+    choices = {z: choose(pair) for z, pair in results.items()}
+    for z, choice in choices.items():
+        if choice.fallback:
+            log.warning("pair %d→%d: %s", z, z + 1, choice.reason)
+    fallbacks = [z for z, choice in choices.items() if choice.fallback]
+    log.info("composed %d pairs; %d fallbacks", len(choices), len(fallbacks))
+    entries = [
+        {
+            "z": z,
+            "model": choice.model,
+            "fallback": choice.fallback,
+            "reason": choice.reason,
+            "departure_px": choice.departure_px,
+            "candidates": results[z]["candidates"],
+            "features": [results[z]["features1"], results[z]["features2"]],
+            "attempts": results[z]["attempts"],
+            "affine": results[z]["affine"],
+            "translation": results[z]["translation"],
+        }
+        for z, choice in choices.items()
+    ]
+    matrices = {z: choice.matrix for z, choice in choices.items()}
+    return _transforms(minz, maxz, compose(minz, maxz, matrices), sizes), _pairs(minz, maxz, "pairwise", entries)
+
+
+def _identity(payload: dict, minz: int, maxz: int) -> tuple[dict, dict]:
+    urls = [storage.join(payload["source"], payload["image"] % z) for z in range(minz, maxz + 1)]
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        sizes = dict(zip(range(minz, maxz + 1), (list(s) for s in pool.map(image_size, urls))))
+    identity = compose(minz, maxz, {z: np.eye(3) for z in range(minz, maxz)})
+    mode = "skip_align" if payload["skip_align"] else "pairwise"
+    return _transforms(minz, maxz, identity, sizes), _pairs(minz, maxz, mode, [])
+
+
+def _reused(process: str, minz: int, maxz: int) -> tuple[dict, dict]:
+    url = storage.join(process, "align", "transforms.json")
+    reused = storage.read_json(url)
+    if not (reused["minz"] <= minz and maxz <= reused["maxz"]):
+        raise InputError(f"{url}: covers slices {reused['minz']}..{reused['maxz']}, this run needs {minz}..{maxz}")
+    keep = [str(z) for z in range(minz, maxz + 1)]
+    transforms = {
+        "minz": minz,
+        "maxz": maxz,
+        "width": reused["width"],
+        "height": reused["height"],
+        "transforms": {z: reused["transforms"][z] for z in keep},
+        "source_sizes": {z: reused["source_sizes"][z] for z in keep},
+    }
+    old_pairs = storage.read_if_exists(storage.join(process, "align", "pairs.json"))
+    entries = [] if old_pairs is None else json.loads(old_pairs)["pairs"]
+    entries = [e for e in entries if minz <= e["z"] < maxz]
+    return transforms, _pairs(minz, maxz, "reused", entries, reused_from=process)
+
+
+def _pair_results(urls: list[str], minz: int, maxz: int) -> dict[int, dict]:
+    """Every align.pairs result by its first slice; each pair must be present exactly once."""
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        documents = list(pool.map(storage.read_json, urls))
+    results: dict[int, dict] = {}
+    for url, document in zip(urls, documents):
+        for pair in document["pairs"]:
+            if pair["z"] in results:
+                raise InputError(f"{url}: pair {pair['z']}→{pair['z'] + 1} appears in two align.pairs results")
+            results[pair["z"]] = pair
+    missing = [z for z in range(minz, maxz) if z not in results]
+    if missing:
+        raise InputError(f"no align.pairs result for pairs starting at z={missing[:10]} (results read: {len(urls)})")
+    return {z: results[z] for z in range(minz, maxz)}
+
+
+def _sizes_from_pairs(results: dict[int, dict]) -> dict[int, list[int]]:
+    sizes: dict[int, list[int]] = {}
+    for z, pair in results.items():
+        for slice_z, size in ((z, pair["size1"]), (z + 1, pair["size2"])):
+            if sizes.setdefault(slice_z, list(size)) != list(size):
+                raise InputError(f"slice {slice_z}: align.pairs results disagree on its size ({sizes[slice_z]} vs {size})")
+    return sizes
+
+
+def _transforms(minz: int, maxz: int, composed: dict, sizes: dict[int, list[int]]) -> dict:
+    framed, width, height = frame(composed, sizes)
+    return {
+        "minz": minz,
+        "maxz": maxz,
+        "width": width,
+        "height": height,
+        "transforms": {str(z): framed[z][:2].tolist() for z in range(minz, maxz + 1)},
+        "source_sizes": {str(z): list(sizes[z]) for z in range(minz, maxz + 1)},
+    }
+
+
+def _pairs(minz: int, maxz: int, mode: str, entries: list[dict], reused_from: str | None = None) -> dict:
+    return {
+        "minz": minz,
+        "maxz": maxz,
+        "mode": mode,
+        "reused_from": reused_from,
+        "negligible_px": NEGLIGIBLE_PX,
+        "fallbacks": [e["z"] for e in entries if e["fallback"]],
+        "pairs": entries,
+    }
+
+
+def _csv(transforms: dict) -> str:
+    rows = ["z,a,b,c,d,e,f,source_width,source_height"]
+    for z in range(transforms["minz"], transforms["maxz"] + 1):
+        (a, b, c), (d, e, f) = transforms["transforms"][str(z)]
+        w, h = transforms["source_sizes"][str(z)]
+        rows.append(",".join(str(v) for v in (z, a, b, c, d, e, f, w, h)))
+    return "\n".join(rows) + "\n"

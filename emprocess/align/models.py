@@ -1,0 +1,148 @@
+"""RANSAC + robust refinement of the two pairwise models: affine and translation.
+
+Thresholds are the reference Fiji job's, in pixels of the image the features were found on (the
+callers scale them by the downsample factor): a candidate is an inlier within MAX_EPSILON = 25 px,
+and a model counts as found only with ≥ MIN_INLIERS = 20 inliers making up ≥ MIN_INLIER_RATIO = 5 %
+of the ratio-test candidates. RANSAC's 25 px tolerance is coarse, so the consensus set is then
+refined: refit by least squares and drop inliers whose residual exceeds MAX_TRUST × the median
+residual, until stable.
+
+Two guards go beyond the reference, so a chance consensus is never returned as a transform:
+  * precision — the refined inliers' RMS residual must be ≤ MAX_RESIDUAL_FRACTION × epsilon (5 px):
+    matches that agree only by chance scatter over the whole 25 px tolerance (measured RMS 9–17 px
+    between the ISBI serial sections) while true correspondences agree to about a pixel;
+  * plausibility — an affine whose singular values leave SCALE_RANGE (halving or doubling lengths)
+    is a lock onto repeated texture, never a change between neighbouring slices.
+Everything is seeded, so the same candidates always give the same models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+MAX_EPSILON = 25.0
+MIN_INLIERS = 20
+MIN_INLIER_RATIO = 0.05
+MAX_TRUST = 4.0
+MAX_RESIDUAL_FRACTION = 0.2
+REFINE_ROUNDS = 20
+SCALE_RANGE = (0.5, 2.0)
+RANSAC_ITERATIONS = 40_000  # finds a 5 % inlier set with 3-point samples at > 99 % confidence
+RANSAC_SAMPLE = 5_000  # RANSAC scores hypotheses on at most this many candidates, then refines on all
+TRANSLATION_HYPOTHESES = 500  # 1-point samples: a 5 % inlier set is missed with p = 0.95^500 ≈ 1e-11
+
+
+@dataclass(frozen=True)
+class ModelFit:
+    """A fitted model: ``matrix`` (2×3, maps source into destination pixels) is None when not found.
+
+    ``inliers`` and ``residual_px`` (RMS inlier residual) describe the best consensus even when it
+    was rejected, so reports can show how close a failed pair came.
+    """
+
+    found: bool
+    matrix: np.ndarray | None
+    inliers: int
+    residual_px: float
+
+    def to_json(self) -> dict:
+        return {
+            "found": self.found,
+            "matrix": None if self.matrix is None else self.matrix.tolist(),
+            "inliers": self.inliers,
+            "residual_px": self.residual_px,
+        }
+
+
+NOT_FOUND = ModelFit(False, None, 0, 0.0)
+
+
+def fit_affine(src: np.ndarray, dst: np.ndarray, epsilon: float = MAX_EPSILON) -> ModelFit:
+    """The affine mapping candidate points ``src`` (N×2) onto ``dst``; inliers lie within ``epsilon``."""
+    if len(src) < 3:
+        return NOT_FOUND
+    sample = _sample(len(src), RANSAC_SAMPLE)
+    cv2.setRNGSeed(0)
+    matrix, _ = cv2.estimateAffine2D(
+        src[sample], dst[sample], method=cv2.RANSAC, ransacReprojThreshold=epsilon,
+        maxIters=RANSAC_ITERATIONS, confidence=0.999, refineIters=10,
+    )
+    if matrix is None:
+        return NOT_FOUND
+    fit = _refine(src, dst, matrix, epsilon, _least_squares_affine, minimum=3)
+    plausible = fit.matrix is not None and _plausible_scale(fit.matrix)
+    return _judge(fit, len(src), epsilon, plausible)
+
+
+def fit_translation(src: np.ndarray, dst: np.ndarray, epsilon: float = MAX_EPSILON) -> ModelFit:
+    """The translation mapping ``src`` onto ``dst``: 1-point RANSAC over the displacements."""
+    if len(src) == 0:
+        return NOT_FOUND
+    shifts = dst - src
+    hypotheses = shifts[_sample(len(src), TRANSLATION_HYPOTHESES)]
+    scored = shifts[_sample(len(src), RANSAC_SAMPLE)]
+    support = [int((np.hypot(*(scored - h).T) <= epsilon).sum()) for h in hypotheses]
+    best = hypotheses[int(np.argmax(support))]
+    start = np.array([[1.0, 0.0, best[0]], [0.0, 1.0, best[1]]])
+    fit = _refine(src, dst, start, epsilon, _mean_translation, minimum=1)
+    return _judge(fit, len(src), epsilon, plausible=True)
+
+
+def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Map N×2 points through a 2×3 or 3×3 affine matrix."""
+    return points @ matrix[:2, :2].T + matrix[:2, 2]
+
+
+def _sample(count: int, limit: int) -> np.ndarray:
+    """Indices of at most ``limit`` of ``count`` candidates, seeded and sorted (all when fewer)."""
+    if count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(0).choice(count, limit, replace=False))
+
+
+def _refine(src, dst, matrix, epsilon: float, solve, minimum: int) -> ModelFit:
+    """Refit on the consensus set, dropping residuals above MAX_TRUST × median until it is stable."""
+    residuals = np.hypot(*(apply(matrix, src) - dst).T)
+    consensus = residuals <= epsilon
+    keep = consensus
+    for _ in range(REFINE_ROUNDS):
+        if keep.sum() < minimum:
+            return ModelFit(False, None, int(keep.sum()), 0.0)
+        matrix = solve(src[keep], dst[keep])
+        residuals = np.hypot(*(apply(matrix, src) - dst).T)
+        updated = consensus & (residuals <= MAX_TRUST * np.median(residuals[keep]))
+        if np.array_equal(updated, keep):
+            break
+        keep = updated
+    return ModelFit(True, matrix, int(keep.sum()), float(np.sqrt(np.mean(residuals[keep] ** 2))))
+
+
+def _plausible_scale(matrix: np.ndarray) -> bool:
+    singular = np.linalg.svd(matrix[:, :2], compute_uv=False)
+    return bool(SCALE_RANGE[0] <= singular.min() and singular.max() <= SCALE_RANGE[1])
+
+
+def _judge(fit: ModelFit, candidates: int, epsilon: float, plausible: bool) -> ModelFit:
+    """Apply the acceptance thresholds; a rejected fit keeps its counts but loses its matrix."""
+    found = (
+        fit.matrix is not None
+        and plausible
+        and fit.inliers >= MIN_INLIERS
+        and fit.inliers >= MIN_INLIER_RATIO * candidates
+        and fit.residual_px <= MAX_RESIDUAL_FRACTION * epsilon
+    )
+    return fit if found else ModelFit(False, None, fit.inliers, fit.residual_px)
+
+
+def _least_squares_affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    design = np.column_stack([src, np.ones(len(src))])
+    solution, *_ = np.linalg.lstsq(design, dst, rcond=None)
+    return solution.T
+
+
+def _mean_translation(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    shift = (dst - src).mean(axis=0)
+    return np.array([[1.0, 0.0, shift[0]], [0.0, 1.0, shift[1]]])
