@@ -1,0 +1,293 @@
+"""Pyramid throughput and memory: the /ngshard work against CloudVolume + igneous and a JPEG floor.
+
+Builds an EM-like 1024×1024×DEPTH volume (cell membranes that drift with z, texture and shot noise;
+about 0.4 JPEG bytes per voxel at quality 90, like real FIB-SEM) as the aligned zarr volume, then
+prints from one run:
+
+* the ``pyramid.shard`` work (one block, every block scale), JPEG only and JPEG + raw;
+* CloudVolume writing the same volume (JPEG, 64³ chunks, quality set explicitly) plus igneous
+  2×2×2 downsampling (unsharded: that is what that pipeline produces), and the ratio;
+* a JPEG-encode floor: every 64³ chunk of scale 0 through the fastest installed encoder
+  (simplejpeg, OpenCV, imagecodecs), one thread; and, for reference, tensorstore's own JPEG writer
+  encoding scale 0 alone into memory (what the pipeline is bound to, writing through tensorstore);
+* with ``--full-block``, the peak RSS of the work on a full 1024³ block;
+* with ``--big-slice N``, time and peak RSS of the ``align.warp`` work on one N×N 16-bit slice
+  (target: 20k×20k within 4 GB).
+
+Each pipeline runs in a fresh process. "Per core" is given two ways: input MB per CPU-second (CPU
+time of the process and its children; the fair figure on a shared box) and input MB/s of wall time
+divided by the cores the pipeline may use.
+
+Targets (issue 4): ≥ 3× CloudVolume + igneous, ≥ 60% of the JPEG floor, peak RSS ≤ 2.5 GB per block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from emprocess.pyramid.layout import PyramidLayout
+from emprocess.pyramid.meta import write_info
+from emprocess.pyramid.aligned import write_aligned_slice
+from emprocess.pyramid.stages import write_shard
+from emprocess.pyramid.writers import ALIGNED_CHUNKS, open_zarr
+
+QUALITY = 90
+SIDE = 1024
+CORES = len(os.sched_getaffinity(0))
+
+
+def em_slices(z0: int, z1: int, seed: int = 0) -> np.ndarray:
+    """Slices z0..z1 of the EM-like volume, (z, y, x) uint8; deterministic in (z, seed)."""
+    rng = np.random.default_rng(seed)
+    fields = [cv2.GaussianBlur(rng.standard_normal((SIDE, SIDE)).astype(np.float32), (0, 0), 12) for _ in range(2)]
+    out = np.empty((z1 - z0, SIDE, SIDE), np.uint8)
+    for i, z in enumerate(range(z0, z1)):
+        angle = z * 0.02
+        cells = np.cos(angle) * fields[0] + np.sin(angle) * fields[1]
+        membrane = np.exp(-(cells / (0.12 * cells.std())) ** 2)
+        noise = np.random.default_rng((seed, z))
+        texture = cv2.GaussianBlur(noise.standard_normal((SIDE, SIDE)).astype(np.float32), (0, 0), 1.2)
+        image = 150 - 90 * membrane + 12 * texture / texture.std() + 8 * noise.standard_normal((SIDE, SIDE))
+        out[i] = np.clip(image, 0, 255)
+    return out
+
+
+def build_aligned(url: str, depth: int) -> None:
+    volume = open_zarr(url, (depth, SIDE, SIDE), ALIGNED_CHUNKS, create=True)
+    for z in range(0, depth, 64):
+        data = em_slices(z, min(z + 64, depth))
+        volume[z:z + len(data)].write(data).result()
+
+
+def shard_payload(work: Path, depth: int, raw: bool) -> dict:
+    layout = PyramidLayout((SIDE, SIDE, depth), (0, 0, 0), (8.0, 8.0, 8.0))
+    jpeg_url = f"file://{work}/ours/jpeg"
+    raw_url = f"file://{work}/ours/raw" if raw else None
+    shutil.rmtree(work / "ours", ignore_errors=True)
+    write_info(jpeg_url, layout, "jpeg", QUALITY)
+    if raw_url:
+        write_info(raw_url, layout, "raw", None)
+    return {"block": [0, 0, 0], "aligned": f"file://{work}/aligned", "jpeg": jpeg_url, "raw": raw_url, "seed": None,
+            "layout": layout.to_json(), "jpeg_quality": QUALITY}
+
+
+def run_child(mode: str, argument: dict, repeats: int) -> dict:
+    """``mode`` in a fresh process each time, so its CPU time and peak RSS are its own; the fastest
+    of ``repeats`` runs, with the highest peak RSS."""
+    runs = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, __file__, mode, json.dumps(argument)], check=True,
+                             capture_output=True, text=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    best = min(runs, key=lambda r: r["wall"])
+    return dict(best, peak_rss=max(r["peak_rss"] for r in runs))
+
+
+def measured(run) -> dict:
+    """Wall time, CPU time (children included) and peak RSS of ``run()``, plus what it returns."""
+    def cpu() -> float:
+        usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        return sum(u.ru_utime + u.ru_stime for u in usage)
+
+    cpu0, t0 = cpu(), time.perf_counter()
+    extra = run() or {}
+    wall, used = time.perf_counter() - t0, cpu() - cpu0
+    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return {"wall": wall, "cpu": used, "peak_rss": peak * 1024, **extra}
+
+
+def shard_child(payload: dict) -> dict:
+    def run() -> None:
+        write_shard(payload)
+
+    return {**measured(run), "cores": CORES}
+
+
+def cloudvolume_child(job: dict) -> dict:
+    """CloudVolume writes scale 0 and igneous builds up to ``scales - 1`` more (2×2×2, JPEG at the
+    same quality). Both run with parallel=1: their process pools were slower on a 2-core box, and
+    igneous makes a single task for a volume this size anyway. Igneous keeps 64³ chunks whole, so a
+    thin volume gets fewer 2×2×2 scales than ours (the missing ones hold under 2% of the data)."""
+    from cloudvolume import CloudVolume
+    from igneous import task_creation as tc
+    from taskqueue import LocalTaskQueue
+
+    work, depth = Path(job["work"]), job["depth"]
+    volume = open_zarr(f"file://{work}/aligned", (depth, SIDE, SIDE), ALIGNED_CHUNKS, create=False).read().result()
+    xyz = np.ascontiguousarray(volume.transpose(2, 1, 0))
+    del volume
+    path = f"file://{work}/cloudvolume"
+    shutil.rmtree(work / "cloudvolume", ignore_errors=True)
+    info = CloudVolume.create_new_info(
+        num_channels=1, layer_type="image", data_type="uint8", encoding="jpeg", resolution=[8, 8, 8],
+        voxel_offset=[0, 0, 0], volume_size=[SIDE, SIDE, depth], chunk_size=[64, 64, 64])
+    info["scales"][0]["jpeg_quality"] = QUALITY
+
+    def run() -> dict:
+        cv = CloudVolume(path, info=info, progress=False, parallel=1, compress=False)
+        cv.commit_info()
+        cv[:, :, :] = xyz
+        tasks = tc.create_downsampling_tasks(path, mip=0, num_mips=job["scales"] - 1, factor=(2, 2, 2),
+                                             encoding="jpeg", encoding_level=QUALITY, compress=False)
+        LocalTaskQueue(parallel=1, progress=False).insert_all(tasks)
+        written = CloudVolume(path).info["scales"]
+        if any(s.get("jpeg_quality") != QUALITY for s in written):
+            raise RuntimeError("CloudVolume/igneous did not keep the JPEG quality")
+        return {"scales": len(written)}
+
+    return {**measured(run), "cores": 1}
+
+
+def jpeg_floor(volume: np.ndarray, repeats: int) -> tuple[str, float]:
+    """(encoder, MB/s on one thread) of the fastest installed encoder over every 64³ chunk (best of
+    ``repeats``)."""
+    import imagecodecs
+    import simplejpeg
+
+    encoders = {
+        "simplejpeg": lambda c: simplejpeg.encode_jpeg(c[:, :, None], quality=QUALITY, colorspace="GRAY",
+                                                       colorsubsampling="Gray"),
+        "opencv": lambda c: cv2.imencode(".jpg", c, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])[1],
+        "imagecodecs": lambda c: imagecodecs.jpeg8_encode(c, level=QUALITY),
+    }
+    depth = volume.shape[0]
+    chunks = [np.ascontiguousarray(volume[z:z + 64, y:y + 64, x:x + 64]).reshape(-1, 64)
+              for z in range(0, depth, 64) for y in range(0, SIDE, 64) for x in range(0, SIDE, 64)]
+    rates = {}
+    for name, encode in encoders.items():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for chunk in chunks:
+                encode(chunk)
+            rates[name] = max(rates.get(name, 0.0), volume.nbytes / 1e6 / (time.perf_counter() - t0))
+    best = max(rates, key=rates.get)
+    return best, rates[best]
+
+
+def big_slice(work: Path, side: int) -> dict:
+    """An N×N 16-bit PNG (a tiled EM-like texture) and the warp payload for it: a 0.5° turn."""
+    tile = em_slices(0, 1)[0].astype(np.uint16) * 40 + 1000
+    image = np.tile(tile, (side // SIDE + 1, side // SIDE + 1))[:side, :side]
+    path = work / "big" / "slice.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    del image
+    angle = np.deg2rad(0.5)
+    url = f"file://{path}"
+    return {"z": 0, "slice": url, "source_size": [side, side],
+            "transform": [[np.cos(angle), -np.sin(angle), 150.0], [np.sin(angle), np.cos(angle), 50.0]],
+            "width": side + 300, "height": side + 300, "depth": 1, "z_index": 0, "clip_limit": 0.02,
+            "aligned": f"file://{work}/big/aligned", "thumbnail": f"file://{work}/big/thumbnail.png",
+            "intensity": {"url": f"file://{work}/big/intensity.json", "sample": [url], "writer": True}}
+
+
+def warp_child(payload: dict) -> dict:
+    def run() -> None:
+        write_aligned_slice(payload)
+
+    return {**measured(run), "cores": CORES}
+
+
+def tensorstore_jpeg_child(job: dict) -> dict:
+    """Scale 0 alone encoded by tensorstore's JPEG writer into memory: the ceiling for any pipeline
+    that writes through tensorstore's neuroglancer_precomputed driver."""
+    import tensorstore as ts
+
+    work, depth = Path(job["work"]), job["depth"]
+    volume = open_zarr(f"file://{work}/aligned", (depth, SIDE, SIDE), ALIGNED_CHUNKS, create=False).read().result()
+    layout = PyramidLayout((SIDE, SIDE, depth), (0, 0, 0), (8, 8, 8))
+    scale = layout.scale_info(0, "jpeg", QUALITY)
+    scale["chunk_size"] = scale.pop("chunk_sizes")[0]
+    spec = {"driver": "neuroglancer_precomputed", "kvstore": {"driver": "memory"},
+            "multiscale_metadata": {"type": "image", "data_type": "uint8", "num_channels": 1}, "scale_metadata": scale}
+
+    def run() -> None:
+        txn = ts.Transaction()
+        target = ts.open(spec, create=True).result().with_transaction(txn)
+        target[..., 0].write(volume.transpose(2, 1, 0)).result()
+        txn.commit_async().result()
+
+    return {**measured(run), "cores": CORES}
+
+
+def rates(stats: dict, megabytes: float) -> tuple[float, float]:
+    """(MB per CPU-second, MB/s of wall time per usable core)."""
+    return megabytes / stats["cpu"], megabytes / stats["wall"] / stats["cores"]
+
+
+def report(label: str, stats: dict, megabytes: float) -> None:
+    per_cpu, per_core = rates(stats, megabytes)
+    print(f"  {label:<34} {stats['wall']:6.2f} s  {per_cpu:6.1f} MB/CPU-s  {per_core:6.1f} MB/s/core (wall, "
+          f"{stats['cores']} core{'s' if stats['cores'] > 1 else ''})  peak RSS {stats['peak_rss'] / 1e9:.2f} GB")
+
+
+CHILDREN = {"--run-shard": shard_child, "--run-cloudvolume": cloudvolume_child, "--run-warp": warp_child,
+            "--run-tensorstore-jpeg": tensorstore_jpeg_child}
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] in CHILDREN:
+        print(json.dumps(CHILDREN[sys.argv[1]](json.loads(sys.argv[2]))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--depth", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement (fastest kept)")
+    parser.add_argument("--full-block", action="store_true", help="also measure a full 1024³ block's peak RSS")
+    parser.add_argument("--big-slice", type=int, metavar="N", help="also warp one N×N 16-bit slice")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="emprocess-bench-"))
+    try:
+        print(f"volume {SIDE}×{SIDE}×{args.depth} uint8, {CORES} cores, JPEG quality {QUALITY}, "
+              f"best of {args.repeats}")
+        build_aligned(f"file://{work}/aligned", args.depth)
+        megabytes = SIDE * SIDE * args.depth / 1e6
+        scales = len(PyramidLayout((SIDE, SIDE, args.depth), (0, 0, 0), (8, 8, 8)).block_scales)
+
+        ours = run_child("--run-shard", shard_payload(work, args.depth, raw=False), args.repeats)
+        report(f"pyramid.shard, JPEG ({scales} scales)", ours, megabytes)
+        both = run_child("--run-shard", shard_payload(work, args.depth, raw=True), args.repeats)
+        report("pyramid.shard, JPEG + raw gzip", both, megabytes)
+        theirs = run_child("--run-cloudvolume", {"work": str(work), "depth": args.depth, "scales": scales}, 1)
+        report(f"CloudVolume + igneous ({theirs['scales']} scales)", theirs, megabytes)
+
+        job = {"work": str(work), "depth": args.depth}
+        report("tensorstore JPEG encode, scale 0", run_child("--run-tensorstore-jpeg", job, args.repeats), megabytes)
+        volume = open_zarr(f"file://{work}/aligned", (args.depth, SIDE, SIDE), ALIGNED_CHUNKS, create=False)
+        encoder, floor = jpeg_floor(volume.read().result(), args.repeats)
+        print(f"  JPEG floor: {encoder}, 64³ chunks, 1 thread     {floor:6.1f} MB/s per core")
+
+        (ours_cpu, ours_core), (theirs_cpu, theirs_core) = rates(ours, megabytes), rates(theirs, megabytes)
+        print(f"ratio to CloudVolume + igneous:  {ours_cpu / theirs_cpu:5.2f}× per CPU-s, "
+              f"{ours_core / theirs_core:5.2f}× per core (wall)   target ≥ 3×")
+        print(f"share of the JPEG floor:         {ours_cpu / floor:5.0%} per CPU-s, "
+              f"{ours_core / floor:5.0%} per core (wall)   target ≥ 60%")
+
+        if args.full_block:
+            shutil.rmtree(work / "aligned")
+            build_aligned(f"file://{work}/aligned", SIDE)
+            full = run_child("--run-shard", shard_payload(work, SIDE, raw=True), 1)
+            report("full 1024³ block, JPEG + raw gzip", full, SIDE ** 3 / 1e6)
+            print(f"peak RSS per full block: {full['peak_rss'] / 1e9:.2f} GB   target ≤ 2.5 GB")
+        if args.big_slice:
+            warped = run_child("--run-warp", big_slice(work, args.big_slice), 1)
+            report(f"align.warp, {args.big_slice}² 16-bit slice", warped, args.big_slice ** 2 * 2 / 1e6)
+            print(f"peak RSS for the slice: {warped['peak_rss'] / 1e9:.2f} GB   target ≤ 4 GB")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The ``align.warp`` work: one source slice → one z of the aligned zarr volume, plus its thumbnail.
+
+The aligned volume is (z, y, x) uint8 with z = slice − minz, 1×1024×1024 chunks and zstd; the
+pyramid blocks read it back 1024² tile by tile. The thumbnail is written last, so its presence means
+the slice is complete.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from emprocess import storage
+from emprocess.align.images import read_image
+from emprocess.pyramid.intensity import stack_rule
+from emprocess.pyramid.warp import clahe, thumbnail_png, warp
+from emprocess.pyramid.writers import ALIGNED_CHUNKS, open_zarr, zarr_chunk_key
+from emprocess.stages import InputError
+
+WRITE_ROWS = ALIGNED_CHUNKS[1]
+
+
+def matrix_of(transform, z: int) -> np.ndarray:
+    """The 2×3 source → aligned matrix of slice ``z``, or an InputError naming it."""
+    try:
+        matrix = np.asarray(transform, np.float64)
+    except (TypeError, ValueError):
+        matrix = None
+    if matrix is None or matrix.shape != (2, 3) or not np.isfinite(matrix).all():
+        raise InputError(f"slice {z}: transform {transform!r} is not a finite 2×3 matrix")
+    if abs(np.linalg.det(matrix[:, :2])) < 1e-6:
+        raise InputError(f"slice {z}: transform {transform!r} is singular")
+    return matrix
+
+
+def aligned_chunk_urls(aligned: str, z_index: int, width: int, height: int) -> list[str]:
+    rows, cols = math.ceil(height / ALIGNED_CHUNKS[1]), math.ceil(width / ALIGNED_CHUNKS[2])
+    return [storage.join(aligned, zarr_chunk_key((z_index, r, c))) for r in range(rows) for c in range(cols)]
+
+
+def write_aligned_slice(payload: dict) -> dict:
+    """Warp one slice into the aligned frame, apply CLAHE, store it and its thumbnail."""
+    z, url = payload["z"], payload["slice"]
+    width, height = payload["width"], payload["height"]
+    matrix = matrix_of(payload["transform"], z)
+    image = read_image(url)
+    source_size = [image.shape[1], image.shape[0]]
+    expected = payload.get("source_size")
+    if expected is not None and list(expected) != source_size:
+        raise InputError(f"{url}: slice {z} is {source_size[0]}×{source_size[1]}, "
+                         f"but was aligned as {expected[0]}×{expected[1]}")
+    source_dtype, rule = str(image.dtype), None
+    if image.dtype == np.uint16:
+        intensity = payload["intensity"]
+        reuse = lambda u: image if u == url else read_image(u)  # noqa: E731 - this slice may be in the sample
+        rule = stack_rule(intensity["url"], intensity["sample"], reuse, write=intensity["writer"])
+        image = rule.apply(image)
+    warped = warp(image, matrix, width, height)
+    del image
+    out = clahe(warped, payload["clip_limit"])
+    del warped
+    volume = open_zarr(payload["aligned"], (payload["depth"], height, width), ALIGNED_CHUNKS, create=True)
+    index = payload["z_index"]
+    for r0 in range(0, height, WRITE_ROWS):
+        r1 = min(r0 + WRITE_ROWS, height)
+        volume[index, r0:r1, :].write(out[r0:r1]).result()
+    storage.write(payload["thumbnail"], thumbnail_png(out))
+    return {
+        "z": z,
+        "thumbnail": payload["thumbnail"],
+        "source_dtype": source_dtype,
+        "source_size": source_size,
+        "intensity": None if rule is None else {"low": rule.low, "high": rule.high},
+    }
+
+
+def warp_outputs(payload: dict) -> list[str]:
+    """Every file the task writes."""
+    files = aligned_chunk_urls(payload["aligned"], payload["z_index"], payload["width"], payload["height"])
+    files.append(payload["thumbnail"])
+    if payload["intensity"]["writer"]:
+        files.append(payload["intensity"]["url"])
+    return files

@@ -1,0 +1,38 @@
+"""A neuroglancer link that opens the pyramid with stock ``precomputed://`` sources.
+
+The volumes must be served over HTTP(S) with CORS and Range support (a public bucket, or a local
+server); the viewer state goes in the URL fragment as JSON, which neuroglancer reads on load.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+DEFAULT_VIEWER = "https://neuroglancer-demo.appspot.com/"
+
+
+def neuroglancer_url(jpeg_url_http: str | None, raw_url_http: str | None = None, segmentation_url_http: str | None = None,
+                     *, position: tuple[float, float, float] | None = None, viewer: str = DEFAULT_VIEWER) -> str:
+    """The viewer URL showing the JPEG pyramid (and the raw volume, hidden, and the root-ID
+    segmentation, when given).
+
+    ``position`` is a voxel (x, y, z) to centre on; neuroglancer picks the volume's centre otherwise.
+    """
+    layers = []
+    if jpeg_url_http:
+        layers.append({"type": "image", "source": "precomputed://" + jpeg_url_http.rstrip("/"), "name": "em"})
+    if raw_url_http:
+        layers.append({"type": "image", "source": "precomputed://" + raw_url_http.rstrip("/"), "name": "raw",
+                       "visible": False})
+    if segmentation_url_http:
+        layers.append({"type": "segmentation", "source": "precomputed://" + segmentation_url_http.rstrip("/"),
+                       "name": "bodies"})
+    if not layers:
+        raise ValueError("a viewer link needs at least one layer")
+    state: dict = {"layers": layers, "selectedLayer": {"layer": layers[0]["name"], "visible": True},
+                   "layout": "4panel"}
+    if position is not None:
+        state["position"] = [float(v) for v in position]
+    fragment = quote(json.dumps(state, separators=(",", ":")), safe="")
+    return f"{viewer.rstrip('/')}/#!{fragment}"
