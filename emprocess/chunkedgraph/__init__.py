@@ -1,0 +1,13 @@
+"""ChunkedGraph ingest without Bigtable or redis (ARCHITECTURE §6).
+
+Modules: ids (node/chunk ID layout, layer count) · meta (graph meta, chunk grid) · prepare (cg.meta
+job) · agglomeration (supervoxel → body table) · edges (voxel contacts, components) · layer2
+(layer-2 job) · parents (parent-layer job) · finish + chunkfile (the one file per chunk) · reader
+(root, roots, parent, children, leaves, layer) · flatten + downsample (root-ID segmentation) ·
+stages (Stage objects, ``status``, ``chunk_task``).
+
+What a graph holds, under ``<chunk>/chunkedgraph/``: ``meta.json``; ``agglomeration/<n>`` (the
+sorted table in shards); ``supervoxels/`` (precomputed: the chunk-local layer-1 IDs);
+``layer_<L>/<x>_<y>_<z>`` (one immutable file per chunk job). The root-ID segmentation goes to
+``<ng>/neuroglancer/segmentation``.
+"""

@@ -1,0 +1,169 @@
+"""The cg.meta job: validate the segmentation inputs, then write the graph meta and what chunk jobs share.
+
+Checks, all before any write: the watershed exists and is a single-channel uint32/uint64
+``segmentation``; its size matches the run's volume; ``chunk_size`` entries are positive powers of
+two and the graph fits the ID layout; the agglomeration table is readable with one body per
+supervoxel. Table ids absent from the watershed are only counted and reported (a table is often
+made for a larger volume than the one ingested); counting them costs one pass over the watershed,
+block by block, so only when a table is given.
+
+The run's volume size is ``(width, height, maxz − minz + 1)`` of ``<process>/align/transforms.json``
+when that exists. Without it the conf must exclude align and pyramid (``"stages": ["chunkedgraph"]``
+against an existing volume): then the watershed's own size defines the frame, as nothing else does.
+
+Writes: the sharded table, the supervoxel volume's ``info`` and, last, ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+
+import fastremap
+import numpy as np
+
+from emprocess import storage
+from emprocess.chunkedgraph import volumes
+from emprocess.chunkedgraph.agglomeration import load_table, shard_index, write_shards
+from emprocess.chunkedgraph.ids import MAX_LAYERS, SPATIAL_BITS, IdLayout, layer_count
+from emprocess.chunkedgraph.meta import GraphMeta, meta_url
+from emprocess.stages import InputError
+
+log = logging.getLogger(__name__)
+SCAN_VOXELS = 1 << 24  # voxels per block when scanning the watershed for table ids
+
+
+def prepare_graph(payload: dict) -> dict:
+    """cg.meta work. Payload: ``graph``, ``watershed``, ``supervoxels``, ``agglomeration`` (URL or
+    None), ``chunk_size``, ``test``, ``transforms`` (URL) and ``require_transforms`` (bool)."""
+    graph, watershed = payload["graph"], payload["watershed"]
+    chunk_size = _chunk_size(payload["chunk_size"])
+    scale = _watershed_scale(watershed)
+    size = tuple(int(s) for s in scale["size"])
+    _check_run_size(size, payload, watershed)
+    grid = tuple(math.ceil(s / c) for s, c in zip(size, chunk_size))
+    n_layers = layer_count(grid)
+    if n_layers > MAX_LAYERS:
+        raise InputError(
+            f"watershed {watershed}: {list(grid)} chunks of {list(chunk_size)} need {n_layers} layers; "
+            f"at most {MAX_LAYERS} are supported, use a larger chunk_size"
+        )
+    if math.prod(chunk_size) >= 1 << IdLayout(n_layers).segment_bits(1):
+        raise InputError(f"chunk_size {list(chunk_size)} holds more voxels than layer-1 IDs can number")
+
+    if payload.get("agglomeration"):
+        supervoxels, bodies = load_table(payload["agglomeration"])
+        unknown = _count_unknown(watershed, supervoxels, size, chunk_size)
+    else:
+        supervoxels = bodies = np.zeros(0, np.uint64)
+        unknown = 0
+    warnings = []
+    if unknown:
+        warnings.append(
+            f"agglomeration {payload['agglomeration']}: {unknown} of {supervoxels.size} supervoxel ids "
+            f"are not in watershed {watershed}; they are ignored"
+        )
+        log.warning(warnings[-1])
+
+    meta = GraphMeta(
+        watershed=watershed,
+        supervoxels=payload["supervoxels"],
+        agglomeration=payload.get("agglomeration"),
+        size=size,
+        voxel_offset=tuple(int(o) for o in scale["voxel_offset"]),
+        resolution=tuple(float(r) for r in scale["resolution"]),
+        chunk_size=chunk_size,
+        grid=grid,
+        n_layers=n_layers,
+        spatial_bits=SPATIAL_BITS,
+        test=bool(payload.get("test", False)),
+        table=shard_index(supervoxels) if supervoxels.size else None,
+    )
+    existing = storage.read_if_exists(meta_url(graph))
+    if existing is not None and GraphMeta.from_json(json.loads(existing)) != meta:
+        raise InputError(f"{meta_url(graph)}: a graph with another layout or input exists there; use a new run")
+
+    if supervoxels.size:
+        write_shards(graph, supervoxels, bodies)
+    storage_chunk = [min(c, volumes.STORAGE_CHUNK) for c in chunk_size]
+    scale0 = volumes.segmentation_scale(size, meta.voxel_offset, meta.resolution, storage_chunk)
+    storage.write_json(volumes.info_url(meta.supervoxels), volumes.segmentation_info([scale0]))
+    storage.write_json(meta_url(graph), meta.to_json())
+    return {
+        "size": list(size),
+        "chunk_size": list(chunk_size),
+        "grid": list(grid),
+        "n_layers": n_layers,
+        "agglomeration_rows": int(supervoxels.size),
+        "unknown_supervoxels": int(unknown),
+        "warnings": warnings,
+    }
+
+
+def _chunk_size(value) -> tuple[int, int, int]:
+    if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(isinstance(v, int) for v in value):
+        raise InputError(f"segmentation.chunk_size must be three integers, got {value!r}")
+    for v in value:
+        if v <= 0 or v & (v - 1):
+            raise InputError(f"segmentation.chunk_size entries must be positive powers of two, got {list(value)}")
+    return tuple(value)
+
+
+def _watershed_scale(url: str) -> dict:
+    """Scale 0 of a valid watershed; InputError names the URL and what is wrong."""
+    try:
+        info = storage.read_json(volumes.info_url(url))
+    except FileNotFoundError:
+        raise InputError(f"watershed {url}: no precomputed volume there ({volumes.info_url(url)} not found)") from None
+    except ValueError:
+        raise InputError(f"watershed {url}: its info file is not JSON") from None
+    if not isinstance(info, dict) or info.get("type") != "segmentation":
+        kind = info.get("type") if isinstance(info, dict) else type(info).__name__
+        raise InputError(f"watershed {url}: not a segmentation (type {kind!r})")
+    if info.get("data_type") not in ("uint32", "uint64"):
+        raise InputError(f"watershed {url}: data_type {info.get('data_type')!r}, expected uint32 or uint64")
+    if info.get("num_channels", 1) != 1 or not info.get("scales"):
+        raise InputError(f"watershed {url}: expected one channel and at least one scale")
+    return info["scales"][0]
+
+
+def _check_run_size(size: tuple, payload: dict, watershed: str) -> None:
+    transforms_url = payload["transforms"]
+    try:
+        transforms = storage.read_json(transforms_url)
+    except FileNotFoundError:
+        if payload.get("require_transforms"):
+            raise InputError(
+                f"{transforms_url} not found: the run's aligned volume size is unknown (align has not run)"
+            ) from None
+        return
+    depth = int(transforms["maxz"]) - int(transforms["minz"]) + 1
+    expected = (int(transforms["width"]), int(transforms["height"]), depth)
+    if size != expected:
+        raise InputError(
+            f"watershed {watershed}: size {list(size)} does not match the run's aligned volume {list(expected)} "
+            f"({transforms_url})"
+        )
+
+
+def _count_unknown(watershed: str, supervoxels: np.ndarray, size: tuple, chunk_size: tuple) -> int:
+    """How many table supervoxels never occur in the watershed (one pass, block by block)."""
+    if not supervoxels.size:
+        return 0
+    store = volumes.open_scale(watershed)
+    factor = 1
+    while math.prod(c * factor * 2 for c in chunk_size) <= SCAN_VOXELS:
+        factor *= 2
+    block = [c * factor for c in chunk_size]
+    seen = np.zeros(supervoxels.size, dtype=bool)
+    starts = list(itertools.product(*(range(0, s, b) for s, b in zip(size, block))))
+    reads = (volumes.read_later(store, lo, np.minimum(np.add(lo, block), size)) for lo in starts)
+    upcoming = next(reads)
+    for _ in starts:
+        current, upcoming = upcoming, next(reads, None)  # the next block loads during this one's unique
+        ids = fastremap.unique(current.result()).astype(np.uint64)
+        pos = np.minimum(np.searchsorted(supervoxels, ids), supervoxels.size - 1)
+        seen[pos[supervoxels[pos] == ids]] = True
+    return int((~seen).sum())

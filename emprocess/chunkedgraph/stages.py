@@ -1,0 +1,130 @@
+"""The CHUNKEDGRAPH stages: cg.meta → cg.layer2 → cg.layer3 … cg.layer{MAX_LAYERS} → cg.flatten.
+
+All run on the emwrite service. A layer stage exists for every possible layer so that the DAG's
+shape never depends on the data; layers above this graph's root layer plan no mini-task (skipped,
+not failed). Plans after cg.meta read the graph meta it wrote; a wanted stage whose meta is missing
+raises FileNotFoundError (DAG order runs cg.meta first, so that means cg.meta did not finish).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from emprocess import storage
+from emprocess.chunkedgraph.flatten import flatten_chunk
+from emprocess.chunkedgraph.ids import MAX_LAYERS
+from emprocess.chunkedgraph.layer2 import build_layer2_chunk
+from emprocess.chunkedgraph.meta import GraphMeta, chunk_url, read_meta
+from emprocess.chunkedgraph.parents import build_parent_chunk
+from emprocess.chunkedgraph.prepare import prepare_graph
+from emprocess.stages import MiniTask, RunContext, Stage
+
+SERVICE = "emwrite"
+
+__all__ = ["MAX_LAYERS", "STAGES", "chunk_task", "layer_width", "status"]
+
+
+def layer_width(layer: int, width: int) -> int:
+    """Workers for layer ``layer``'s sub-group in a DAG of width ``width``: no more than the chunks
+    that layer can have in the largest graph (8^(MAX_LAYERS − layer)); data-independent."""
+    return max(1, min(width, 8 ** max(0, MAX_LAYERS - layer)))
+
+
+def _supervoxels(ctx: RunContext) -> str:
+    return storage.join(ctx.locations.chunkedgraph, "supervoxels")
+
+
+def plan_meta(ctx: RunContext) -> list[MiniTask]:
+    if not ctx.wants("chunkedgraph"):
+        return []
+    segmentation = ctx.conf.segmentation
+    payload = {
+        "graph": ctx.locations.chunkedgraph,
+        "watershed": segmentation.watershed,
+        "supervoxels": _supervoxels(ctx),
+        "agglomeration": segmentation.agglomeration,
+        "chunk_size": list(segmentation.chunk_size),
+        "test": segmentation.test,
+        "transforms": storage.join(ctx.locations.process, "align", "transforms.json"),
+        "require_transforms": ctx.wants("align") or ctx.wants("pyramid"),
+    }
+    return [{"key": "meta", "payload": payload}]
+
+
+def _meta(ctx: RunContext) -> GraphMeta | None:
+    return read_meta(ctx.locations.chunkedgraph) if ctx.wants("chunkedgraph") else None
+
+
+def _task(ctx: RunContext, layer: int, coords) -> MiniTask:
+    x, y, z = (int(c) for c in coords)
+    payload = {"graph": ctx.locations.chunkedgraph, "layer": layer, "chunk": [x, y, z]}
+    if layer == 2:
+        payload.update(watershed=ctx.conf.segmentation.watershed, supervoxels=_supervoxels(ctx))
+    return {"key": f"{layer}_{x}_{y}_{z}", "payload": payload}
+
+
+def plan_layer(layer: int, ctx: RunContext) -> list[MiniTask]:
+    meta = _meta(ctx)
+    if meta is None or layer > meta.n_layers:
+        return []
+    return [_task(ctx, layer, coords) for coords in meta.chunks(layer)]
+
+
+def plan_flatten(ctx: RunContext) -> list[MiniTask]:
+    meta = _meta(ctx)
+    if meta is None:
+        return []
+    tasks = []
+    for x, y, z in meta.chunks(2):
+        payload = {
+            "graph": ctx.locations.chunkedgraph,
+            "supervoxels": _supervoxels(ctx),
+            "segmentation": ctx.locations.segmentation,
+            "chunk": [x, y, z],
+        }
+        tasks.append({"key": f"{x}_{y}_{z}", "payload": payload})
+    return tasks
+
+
+def chunk_task(ctx: RunContext, layer: int, coords) -> MiniTask:
+    """The mini-task of one chunk (``emprocess work chunkedgraph --layer L --chunk X Y Z``); run it
+    with the work of stage ``f"cg.layer{layer}"``. Re-running a finished chunk rewrites identical bytes."""
+    if not ctx.wants("chunkedgraph"):
+        raise ValueError("this run's conf builds no chunkedgraph (no segmentation, or not in stages)")
+    meta = read_meta(ctx.locations.chunkedgraph)
+    return _task(ctx, layer, meta.check_chunk(layer, coords))
+
+
+def _chunk_written(payload: dict, result: dict) -> bool:
+    return storage.exists(chunk_url(payload["graph"], payload["layer"], payload["chunk"]))
+
+
+def _layer_stage(layer: int) -> Stage:
+    work = build_layer2_chunk if layer == 2 else build_parent_chunk
+    endpoint = "/cg/layer2" if layer == 2 else "/cg/layer"
+    return Stage(f"cg.layer{layer}", SERVICE, endpoint, partial(plan_layer, layer), work, _chunk_written)
+
+
+STAGES = [
+    Stage("cg.meta", SERVICE, "/cg/meta", plan_meta, prepare_graph),
+    *(_layer_stage(layer) for layer in range(2, MAX_LAYERS + 1)),
+    Stage("cg.flatten", SERVICE, "/cg/flatten", plan_flatten, flatten_chunk),
+]
+
+
+def status(ctx: RunContext) -> dict[str, dict]:
+    """``{stage: {"done", "total"}}`` in run order, one entry per layer (``ingest status``).
+
+    ``total`` is None while the graph meta does not exist yet; 0 for layers above the root.
+    """
+    report = {}
+    for stage in STAGES:
+        try:
+            keys = [task["key"] for task in stage.plan(ctx)]
+        except FileNotFoundError:
+            report[stage.name] = {"done": 0, "total": None}
+            continue
+        cache_dir = storage.parse(ctx.cache_url(stage.name, "any")).parent()
+        cached = {name.removesuffix(".json") for name in storage.listdir(cache_dir)}
+        report[stage.name] = {"done": sum(key in cached for key in keys), "total": len(keys)}
+    return report

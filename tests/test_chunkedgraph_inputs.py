@@ -1,0 +1,140 @@
+"""cg.meta input validation: bad watersheds, sizes, tables and chunk sizes fail before any write."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_chunkedgraph_helpers import STAGE, make_context, run_graph, write_transforms, write_volume
+
+from emprocess import storage
+from emprocess.chunkedgraph.agglomeration import load_table
+from emprocess.config import ConfError
+from emprocess.stages import InputError
+
+SHAPE = (24, 20, 12)
+
+
+def labels(seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 30, SHAPE).astype(np.uint32)
+
+
+def context(tmp_path, stages=("chunkedgraph",), **segmentation):
+    segmentation = {"watershed": f"file://{tmp_path}/watershed", "chunk_size": [8, 8, 4], **segmentation}
+    return make_context(tmp_path, segmentation, depth=SHAPE[2], stages=stages)
+
+
+def run_meta(ctx):
+    (task,) = STAGE["cg.meta"].plan(ctx)
+    return STAGE["cg.meta"].work(task["payload"])
+
+
+def assert_fails_before_writing(ctx, match):
+    with pytest.raises(InputError, match=match):
+        run_meta(ctx)
+    assert storage.listdir(ctx.locations.chunk) == []
+
+
+def test_missing_watershed(tmp_path):
+    assert_fails_before_writing(context(tmp_path), "watershed file://.*/watershed: no precomputed volume there")
+
+
+def test_watershed_that_is_not_a_segmentation(tmp_path):
+    write_volume(f"file://{tmp_path}/watershed", labels().astype(np.uint8), kind="image")
+    assert_fails_before_writing(context(tmp_path), "not a segmentation \\(type 'image'\\)")
+
+
+def test_watershed_with_a_non_id_data_type(tmp_path):
+    write_volume(f"file://{tmp_path}/watershed", labels().astype(np.float32))
+    assert_fails_before_writing(context(tmp_path), "data_type 'float32', expected uint32 or uint64")
+
+
+def test_watershed_size_must_match_the_aligned_volume(tmp_path):
+    write_volume(f"file://{tmp_path}/watershed", labels())
+    ctx = context(tmp_path)
+    write_transforms(ctx, width=SHAPE[0] + 1, height=SHAPE[1], depth=SHAPE[2])
+    with pytest.raises(InputError, match=r"size \[24, 20, 12\] does not match the run's aligned volume \[25, 20, 12\]"):
+        run_meta(ctx)
+    assert not storage.exists(storage.join(ctx.locations.chunkedgraph, "meta.json"))
+
+
+def test_matching_transforms_are_accepted(tmp_path):
+    write_volume(f"file://{tmp_path}/watershed", labels())
+    ctx = context(tmp_path)
+    write_transforms(ctx, *SHAPE)
+    assert run_meta(ctx)["size"] == list(SHAPE)
+
+
+def test_without_transforms_the_align_stage_must_not_be_wanted(tmp_path):
+    write_volume(f"file://{tmp_path}/watershed", labels())
+    ctx = context(tmp_path, stages=("align", "pyramid", "chunkedgraph"))
+    with pytest.raises(InputError, match="transforms.json not found"):
+        run_meta(ctx)
+    assert run_meta(context(tmp_path))["grid"] == [3, 3, 3]
+
+
+def test_chunk_size_must_be_positive_powers_of_two(tmp_path):
+    write_volume(f"file://{tmp_path}/watershed", labels())
+    for bad in ([0, 8, 8], [12, 8, 8], [-8, 8, 8]):
+        with pytest.raises(ConfError, match="positive power of two"):
+            context(tmp_path, chunk_size=bad)
+        ctx = context(tmp_path)
+        (task,) = STAGE["cg.meta"].plan(ctx)
+        with pytest.raises(InputError, match="positive powers of two"):
+            STAGE["cg.meta"].work({**task["payload"], "chunk_size": bad})
+    assert storage.listdir(ctx.locations.chunk) == []
+
+
+def test_unknown_table_ids_are_counted_and_the_graph_still_builds(tmp_path):
+    volume = labels()
+    write_volume(f"file://{tmp_path}/watershed", volume)
+    present = np.unique(volume[volume != 0])
+    table = np.stack([np.concatenate([present, [1000, 1001, 1002]]), np.ones(present.size + 3, np.uint32)], axis=1)
+    np.save(tmp_path / "bodies.npy", table)
+    ctx = context(tmp_path, agglomeration=f"file://{tmp_path}/bodies.npy")
+    results = run_graph(ctx)
+    meta = results["cg.meta"]["meta"]
+    assert meta["unknown_supervoxels"] == 3
+    assert "3 of 32 supervoxel ids are not in watershed" in meta["warnings"][0]
+    assert len(results["cg.flatten"]) == 27
+
+
+def test_a_table_mapping_one_supervoxel_to_two_bodies_is_refused(tmp_path):
+    write_volume(f"file://{tmp_path}/watershed", labels())
+    (tmp_path / "bodies.csv").write_text("supervoxel,body\n1,5\n2,5\n1,6\n")
+    ctx = context(tmp_path, agglomeration=f"file://{tmp_path}/bodies.csv")
+    assert_fails_before_writing(ctx, "supervoxel 1 is mapped to two bodies")
+
+
+def test_table_formats_load_alike(tmp_path):
+    rows = np.array([[3, 10], [1, 10], [2, 11], [3, 10]], dtype=np.uint64)
+    np.save(tmp_path / "t.npy", rows)
+    np.savez(tmp_path / "one.npz", rows)
+    np.savez(tmp_path / "two.npz", supervoxels=rows[:, 0], bodies=rows[:, 1])
+    (tmp_path / "t.csv").write_text("sv,body\n3,10\n1,10\n2,11\n3,10\n")
+    for name in ("t.npy", "one.npz", "two.npz", "t.csv"):
+        supervoxels, bodies = load_table(f"file://{tmp_path}/{name}")
+        assert supervoxels.tolist() == [1, 2, 3] and bodies.tolist() == [10, 11, 10], name
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("t.txt", b"1,2\n", "unsupported file type"),
+        ("t.csv", b"1,2,3\n", "expected two columns"),
+        ("t.csv", b"1,-2\n", "cannot read it as .csv"),
+        ("t.csv", b"0,2\n", "supervoxel id 0 is background"),
+        ("missing.csv", None, "not found"),
+    ],
+)
+def test_bad_tables_name_the_url(tmp_path, name, content, match):
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises(InputError, match=f"agglomeration file://{tmp_path}/{name}: .*{match}"):
+        load_table(f"file://{tmp_path}/{name}")
+
+
+def test_negative_ids_in_npy_are_refused(tmp_path):
+    np.save(tmp_path / "t.npy", np.array([[1, -4]], dtype=np.int64))
+    with pytest.raises(InputError, match="negative id -4"):
+        load_table(f"file://{tmp_path}/t.npy")
