@@ -21,10 +21,9 @@ FLAKY = Stage(FLAKY_STAGE, "fiji", "/flaky", flaky_plan, work=lambda payload: {"
 def build_test_dags() -> dict:
     from airflow.sdk import DAG
 
-    from emprocess.workflow.operators import BatchStageOperator
+    from emprocess.workflow.dag_factory import workers
 
     registry.stages()[FLAKY_STAGE] = FLAKY
     with DAG(FLAKY_DAG, schedule=None, catchup=False) as dag:
-        for i in range(FLAKY_WIDTH):
-            BatchStageOperator(task_id=f"flaky_{i}", stage=FLAKY_STAGE, worker=i, width=FLAKY_WIDTH, threads=3)
+        workers(FLAKY_STAGE, FLAKY.service, FLAKY_WIDTH, "flaky")
     return {FLAKY_DAG: dag}

@@ -42,7 +42,7 @@ def colour(src: Path) -> None:
 
 CASES = [
     # (name, conf change, input damage, expected words in the error)
-    ("missing key", lambda c: c.pop("image"), None, "'image'"),
+    ("missing key", lambda c: c.pop("image"), None, "image"),
     ("minz > maxz", lambda c: c.update(minz=3, maxz=1), None, "minz"),
     ("negative z", lambda c: c.update(minz=-1), None, "minz"),
     ("template without %d", lambda c: c.update(image="img.png"), None, "'image'"),

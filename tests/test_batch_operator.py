@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import socket
 import threading
@@ -140,10 +141,22 @@ def test_stop_event_halts_retries_promptly(ctx):
     assert cached_keys(ctx) == []
 
 
+def clear_failed_tasks(dag, logical_date) -> None:
+    """What "Clear → only failed" does in the Airflow UI: failed tasks and their run go back to running."""
+    from airflow.serialization.definitions.dag import SerializedDAG
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.utils.state import DagRunState
+
+    serialized = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    cleared = SerializedDAG.clear_dags(
+        [serialized], start_date=logical_date, end_date=logical_date, only_failed=True, dag_run_state=DagRunState.RUNNING
+    )
+    assert cleared == 1
+
+
 def test_operator_in_a_real_dag_run(airflow_db, tmp_path, monkeypatch):
     """Through Airflow: two workers share the mini-tasks; a 4xx fails its worker with the message;
-    a second run of the same run id calls only the unfinished mini-tasks."""
-    from airflow.sdk import DagBag  # noqa: F401  (Airflow is configured by the airflow_env plugin)
+    clearing the failed task re-runs it, and it calls only its unfinished mini-tasks."""
 
     from airflow_support import build_test_dags
     from emprocess.workflow.local_run import run_dag_test
@@ -157,19 +170,21 @@ def test_operator_in_a_real_dag_run(airflow_db, tmp_path, monkeypatch):
     try:
         first = run_dag_test(dag, conf)
         assert first.state == "failed"
-        assert [task for task, _ in first.failed] == ["flaky_1"]  # k003 is worker 1's (3 mod 2)
+        assert [task for task, _ in first.failed] == ["flaky[1]"]  # k003 is worker 1's (3 mod 2)
         assert "slice k003 is not an image" in first.failed[0][1]
         assert server.calls["k003"] == 1 and server.calls["k000"] == 2
         ctx = RunContext.create(conf, first.run_id)
-        assert "k003" not in cached_keys(ctx) and {"k000", "k002", "k004"} <= set(cached_keys(ctx))
+        finished_before_clear = cached_keys(ctx)
+        assert "k003" not in finished_before_clear and {"k000", "k002", "k004"} <= set(finished_before_clear)
         server.scripts["k003"] = []
         before = Counter(server.calls)
-        import datetime
-
-        second = run_dag_test(dag, conf, logical_date=datetime.datetime.fromisoformat(first.run_id.split("__")[1]))
+        logical_date = datetime.datetime.fromisoformat(first.run_id.split("__")[1])
+        clear_failed_tasks(dag, logical_date)
+        second = run_dag_test(dag, conf, logical_date=logical_date)
     finally:
         server.close()
     assert second.state == "success" and second.run_id == first.run_id
     rerun = server.calls - before
     assert "k003" in rerun and set(rerun) <= {f"k{z:03d}" for z in range(1, 10, FLAKY_WIDTH)}
+    assert not set(rerun) & set(finished_before_clear)
     assert cached_keys(ctx) == [f"k{z:03d}" for z in range(10)]

@@ -13,7 +13,10 @@ from emprocess import MAJOR_MINOR
 def dagbag(airflow_db):
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(Path(__file__).parents[1] / "dags"), include_examples=False)
+    from emprocess.workflow.dag_factory import POOLS
+
+    # known_pools makes a task in any other pool an import error
+    return DagBag(dag_folder=str(Path(__file__).parents[1] / "dags"), known_pools={*POOLS, "default_pool"})
 
 
 def test_dag_file_imports_six_dags_without_errors(dagbag):
@@ -30,18 +33,34 @@ def test_every_task_uses_a_known_pool(dagbag):
     assert set(POOLS) <= pools
 
 
+def mapped_widths(dag) -> dict[str, int]:
+    """Task id → how many worker instances its literal ``worker`` list maps to."""
+    return {t.task_id: len(t.expand_input.value["worker"]) for t in dag.tasks if hasattr(t, "expand_input")}
+
+
 def test_shape_depends_on_width_only(dagbag):
+    from emprocess.chunkedgraph.stages import layer_width
     from emprocess.workflow.dag_factory import build_dag
 
-    counts = {}
+    task_ids = set()
     for dag_id, dag in dagbag.dags.items():
         width = int(dag_id.split("width")[1].split("_")[0])
-        counts[width] = len(dag.tasks)
-        assert len(build_dag(width).tasks) == counts[width]
         assert type(dag.timetable).__name__ == "NullTimetable"  # schedule=None
-        workers = [t for t in dag.tasks if t.task_id.startswith("align.pairs")]
-        assert len(workers) == width
-    assert counts[1] < counts[4] < counts[16] < counts[128]
+        rebuilt = build_dag(width)
+        assert mapped_widths(rebuilt) == mapped_widths(dag)
+        widths = mapped_widths(dag)
+        assert widths["align.pairs"] == widths["align.warp"] == widths["pyramid.shard"] == width
+        assert widths["align.collect"] == widths["pyramid.top"] == 1
+        assert widths["chunkedgraph.layer2.worker"] == layer_width(2, width)
+        task_ids.add(frozenset(t.task_id for t in dag.tasks))
+    assert len(task_ids) == 1, "every width has the same tasks; only the worker counts differ"
+
+
+def test_workers_take_every_index(dagbag):
+    dag = dagbag.dags[f"emprocess_width16_v{MAJOR_MINOR}"]
+    pairs = dag.get_task("align.pairs")
+    assert pairs.expand_input.value["worker"] == list(range(16))
+    assert pairs.partial_kwargs["width"] == 16
 
 
 def test_params_follow_the_conf_schema(dagbag):

@@ -1,20 +1,21 @@
 """Build the fixed-width DAGs ``emprocess_width{W}_v{MAJOR.MINOR}``.
 
-The DAG's shape depends on W only: every stage gets W workers (ChunkedGraph layers near the root
-get fewer, see ``layer_width``), and each worker takes the mini-tasks whose index ≡ i (mod W), so any
-dataset runs on any DAG. Stages the conf does not ask for plan no mini-tasks and finish at once.
+The DAG's shape depends on W only: every stage is one mapped task over the literal worker indices
+0..W-1 (ChunkedGraph layers near the root get fewer, see ``layer_width``), and worker i takes the
+mini-tasks whose index ≡ i (mod W), so any dataset runs on any DAG. Stages the conf does not ask for
+plan no mini-tasks and finish at once. Mapping keeps the serialized DAG as small for W = 128 as for
+W = 1: Airflow serializes (and re-hashes on every parse) each task with all the run conf's Params.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 
-from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param, TaskGroup, get_current_context, task
 
 from emprocess import MAJOR_MINOR, config
-from emprocess.chunkedgraph import MAX_LAYERS, layer_width
+from emprocess.chunkedgraph.ids import MAX_LAYERS
+from emprocess.chunkedgraph.stages import layer_width
 from emprocess.workflow.operators import SERVICE_POOLS, BatchStageOperator
 
 WIDTHS = (1, 4, 16, 32, 64, 128)
@@ -23,8 +24,7 @@ POOLS = {
     "emprocess_write": "concurrent calls to the emwrite service",
 }
 THREADS_PER_WORKER = 4
-
-log = logging.getLogger("emprocess.workflow")
+JSON_SCHEMA_DRAFT = "http://json-schema.org/draft-07/schema#"
 
 
 def dag_id(width: int) -> str:
@@ -43,7 +43,12 @@ def _inline_refs(schema, defs: dict):
 
 
 def conf_params() -> dict[str, Param]:
-    """One Param per conf key, generated from the conf model so the trigger form validates the conf."""
+    """One Param per conf key, generated from the conf model so the trigger form validates the conf.
+
+    Each schema names draft 7: Airflow checks a Param's schema against its meta-schema whenever it
+    validates the value (on every serialization too), and the default 2020-12 meta-schema costs
+    about four times as much to check.
+    """
     schema = config.conf_json_schema()
     defs = schema.get("$defs", {})
     required = set(schema.get("required", []))
@@ -51,6 +56,7 @@ def conf_params() -> dict[str, Param]:
     for key, prop in schema["properties"].items():
         prop = _inline_refs(copy.deepcopy(prop), defs)
         prop.pop("title", None)
+        prop["$schema"] = JSON_SCHEMA_DRAFT
         description = prop.pop("description", None)
         if key in required:
             params[key] = Param(description=description, **prop)
@@ -89,19 +95,15 @@ def publish_task() -> dict:
     return publish(_context())
 
 
-def workers(stage: str, service: str | None, width: int, prefix: str) -> list[BatchStageOperator]:
-    pool = SERVICE_POOLS.get(service, "default_pool")
-    return [
-        BatchStageOperator(
-            task_id=f"{prefix}_{i}" if width > 1 else prefix,
-            stage=stage,
-            worker=i,
-            width=width,
-            threads=THREADS_PER_WORKER,
-            pool=pool,
-        )
-        for i in range(width)
-    ]
+def workers(stage: str, service: str | None, width: int, task_id: str):
+    """One mapped task whose instance i is worker i of ``width`` for ``stage``."""
+    return BatchStageOperator.partial(
+        task_id=task_id,
+        stage=stage,
+        width=width,
+        threads=THREADS_PER_WORKER,
+        pool=SERVICE_POOLS.get(service, "default_pool"),
+    ).expand(worker=list(range(width)))
 
 
 def build_dag(width: int) -> DAG:
@@ -117,24 +119,18 @@ def build_dag(width: int) -> DAG:
     ) as dag:
         first = validate_task() >> create_env_task()
         with TaskGroup("align") as align:
-            pairs = workers("align.pairs", "fiji", width, "pairs")
-            collect = workers("align.collect", None, 1, "collect")
-            warp = workers("align.warp", "emwrite", width, "warp")
-            pairs >> collect[0] >> warp
+            workers("align.pairs", "fiji", width, "pairs") >> workers("align.collect", None, 1, "collect") >> workers(
+                "align.warp", "emwrite", width, "warp")
         with TaskGroup("pyramid") as pyramid:
-            meta = workers("pyramid.meta", "emwrite", 1, "ngmeta")
-            shards = workers("pyramid.shard", "emwrite", width, "shard")
-            top = workers("pyramid.top", "emwrite", 1, "top")
-            meta[0] >> shards >> top[0]
+            workers("pyramid.meta", "emwrite", 1, "ngmeta") >> workers("pyramid.shard", "emwrite", width, "shard") >> workers(
+                "pyramid.top", "emwrite", 1, "top")
         with TaskGroup("chunkedgraph") as chunkedgraph:
-            previous = workers("cg.meta", "emwrite", 1, "cg_meta")[0]
+            previous = workers("cg.meta", "emwrite", 1, "cg_meta")
             for layer in range(2, MAX_LAYERS + 1):
-                # A join per layer keeps the edge count linear in W (no W×W cross product).
                 with TaskGroup(f"layer{layer}"):
                     current = workers(f"cg.layer{layer}", "emwrite", layer_width(layer, width), "worker")
-                    done = EmptyOperator(task_id="done")
-                previous >> current >> done
-                previous = done
+                previous >> current
+                previous = current
             previous >> workers("cg.flatten", "emwrite", width, "flatten")
         first >> align >> pyramid >> chunkedgraph >> publish_task()
     return dag

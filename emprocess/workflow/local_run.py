@@ -1,14 +1,16 @@
 """Run one DAG run on this machine: temp SQLite Airflow, both services on 127.0.0.1, ``dag.test``.
 
-Airflow reads its configuration at import, so ``run_local`` must be called in a process that has
-not imported Airflow yet (the ``emprocess run`` command is such a process).
+Airflow reads its configuration at import, so a process has one Airflow home: made on the first
+``run_local`` (before anything imports Airflow), reset for every run, removed when the process exits.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -38,7 +40,7 @@ class RunFailed(RuntimeError):
 class RunResult:
     run_id: str
     state: str
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (task id, error)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (task id, or "task id[worker]", error)
 
 
 def free_port() -> int:
@@ -115,13 +117,23 @@ def _prepare_airflow(home: Path) -> None:
     )
 
 
-def run_local(conf_dict: dict, width: int = 1, resume: str | None = None, keep_home: bool = False) -> RunResult:
+_home: Path | None = None
+
+
+def airflow_home() -> Path:
+    """This process's temporary Airflow home (see the module docstring)."""
+    global _home
+    if _home is None:
+        _home = Path(tempfile.mkdtemp(prefix="emprocess-airflow-"))
+        atexit.register(shutil.rmtree, _home, True)
+        _prepare_airflow(_home)
+    return _home
+
+
+def run_local(conf_dict: dict, width: int = 1, resume: str | None = None) -> RunResult:
     conf = parse_conf(conf_dict)
     with ExitStack() as stack:
-        home = Path(tempfile.mkdtemp(prefix="emprocess-airflow-"))
-        if not keep_home:
-            stack.callback(lambda: subprocess.run(["rm", "-rf", str(home)], check=False))
-        _prepare_airflow(home)
+        home = airflow_home()
         allowed = allowed_prefixes(conf)
         for name, (conn_id, _) in SERVICES.items():
             url = stack.enter_context(service(name, allowed, home))
@@ -146,13 +158,33 @@ def run_dag_test(dag, conf: dict, logical_date: datetime.datetime | None = None)
     """``dag.test`` with each failed task's exception collected. Locally a failure ends the run at
     once (no retries; resume instead); tasks run in-process, so the callback sees the exception."""
     failed: list[tuple[str, str]] = []
+
+    def on_failure(context) -> None:
+        ti = context["ti"]
+        name = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"  # worker i of a mapped stage
+        failed.append((name, _describe(context.get("exception"))))
+        _end_run(context["dag_run"].dag_id, context["dag_run"].run_id)
+
     for task in dag.tasks:
         task.retries = 0
-        task.on_failure_callback = [
-            lambda context: failed.append((context["ti"].task_id, _describe(context.get("exception"))))
-        ]
-    dag_run = dag.test(run_conf=conf, logical_date=logical_date or datetime.datetime.now(datetime.timezone.utc))
+        task.on_failure_callback = [on_failure]
+    # run_after names the run (manual__<run_after>): the same date again resumes the same run id
+    when = logical_date or datetime.datetime.now(datetime.timezone.utc)
+    dag_run = dag.test(run_conf=conf, logical_date=when, run_after=when)
     return RunResult(dag_run.run_id, str(dag_run.state), failed)
+
+
+def _end_run(dag_id: str, run_id: str) -> None:
+    """Mark every task that has not started upstream_failed, so ``dag.test`` ends the run now
+    instead of walking the failure down the DAG one level per second."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+
+    with create_session() as session:
+        session.query(TaskInstance).filter(
+            TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id, TaskInstance.state.is_(None)
+        ).update({TaskInstance.state: TaskInstanceState.UPSTREAM_FAILED}, synchronize_session=False)
 
 
 def _describe(error: BaseException | None) -> str:
