@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -112,6 +113,8 @@ def _fixed_gcs_routes(routes: tuple) -> tuple:
       ``listdir`` would return neighbouring keys and ``delete_range`` would empty the whole bucket.
     - Reads carry no ``x-goog-generation`` header, so tensorstore's read-modify-write (any partial chunk
       write) fails with "Malformed StorageGeneration".
+    - Suffix ranges (``Range: bytes=-N``, the last N bytes) are ignored, which tensorstore reports as
+      FAILED_PRECONDITION; GCS serves them.
     """
     from gcp_storage_emulator.handlers import objects
 
@@ -135,7 +138,31 @@ def _fixed_gcs_routes(routes: tuple) -> tuple:
 
         return handle
 
-    fixes = {objects.ls: list_range, objects.get: with_generation(objects.get),
-             objects.download: with_generation(objects.download)}
+    class SuffixAsOffset:
+        """The request with ``bytes=-N`` restated as the equivalent ``bytes=start-``."""
+
+        def __init__(self, request, size: int):
+            self._request, self._size = request, size
+
+        def __getattr__(self, name):
+            return getattr(self._request, name)
+
+        def get_header(self, name, default=None):
+            value = self._request.get_header(name, default)
+            suffix = re.fullmatch(r"\s*bytes=-(\d+)\s*", value or "") if name.lower() == "range" else None
+            return f"bytes={max(0, self._size - int(suffix[1]))}-" if suffix else value
+
+    def with_suffix_ranges(handler):
+        def handle(request, response, storage):
+            try:
+                size = len(storage.get_file(request.params["bucket_name"], request.params["object_id"]))
+            except Exception:  # missing object: the handler answers 404 itself
+                return handler(request, response, storage)
+            handler(SuffixAsOffset(request, size), response, storage)
+
+        return handle
+
+    fixes = {objects.ls: list_range, objects.get: with_generation(with_suffix_ranges(objects.get)),
+             objects.download: with_generation(with_suffix_ranges(objects.download))}
     return tuple((pattern, {method: fixes.get(handler, handler) for method, handler in methods.items()})
                  for pattern, methods in routes)
