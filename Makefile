@@ -16,6 +16,10 @@ $(STAMP): requirements/lock.txt pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/emprocess demo demo-output
 
+# Serve the demo's outputs to neuroglancer (HTTP Range + CORS) and print the viewer links.
+serve: $(STAMP)
+	$(VENV)/bin/emprocess serve demo-output
+
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 

@@ -28,7 +28,8 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def _run(conf: dict, width: int, resume: str | None) -> int:
+def _run(conf: dict, width: int, resume: str | None) -> str | None:
+    """One local DAG run; prints its outcome and returns its run id, or None when it failed."""
     from emprocess.workflow.local_run import run_local
 
     result = run_local(conf, width=width, resume=resume)
@@ -36,10 +37,10 @@ def _run(conf: dict, width: int, resume: str | None) -> int:
         for task_id, error in result.failed:
             print(f"task {task_id} failed: {error}", file=sys.stderr)
         print(f"run {result.run_id} ended {result.state}; resume with --resume {result.run_id}", file=sys.stderr)
-        return 1
+        return None
     print(f"run {result.run_id} succeeded")
     _print_outputs(conf, result.run_id)
-    return 0
+    return result.run_id
 
 
 def _print_outputs(conf: dict, run_id: str) -> None:
@@ -55,19 +56,30 @@ def _print_outputs(conf: dict, run_id: str) -> None:
 
 
 def cmd_run(args) -> int:
-    return _run(_load_conf(args.conf), args.width, args.resume)
+    return 0 if _run(_load_conf(args.conf), args.width, args.resume) else 1
 
 
 def cmd_demo(args) -> int:
-    from emprocess.sample import write_sample
+    """The sample through the image run, then its cells through a ChunkedGraph-only run."""
+    from emprocess import storage
+    from emprocess.sample import write_sample, write_sample_segmentation
+    from emprocess.stages import RunContext
 
     out = Path(args.dir).resolve()
     conf = write_sample(out / "sample")
     print(f"sample stack: {conf['source']}", flush=True)
-    code = _run(conf, args.width, None)
-    if code == 0:
-        print(f"to view: emprocess serve {out}  (then open the printed neuroglancer link)")
-    return code
+    image_run = _run(conf, args.width, None)
+    if image_run is None:
+        return 1
+    transforms = storage.read_json(storage.join(RunContext.create(conf, image_run).locations.process, "align",
+                                                "transforms.json"))
+    segmentation = write_sample_segmentation(out / "sample", transforms, out / "sample_segmentation")
+    print(f"sample supervoxels in the aligned frame: {segmentation['watershed']}; building their ChunkedGraph",
+          flush=True)
+    if _run(dict(conf, stages=["chunkedgraph"], segmentation=segmentation), args.width, None) is None:
+        return 1
+    print(f"to view: {Path(sys.argv[0]).name} serve {out}  (then open a printed neuroglancer link)")
+    return 0
 
 
 def cmd_work(args) -> int:
@@ -95,6 +107,26 @@ def cmd_status(args) -> int:
             continue
         done = sum(storage.exists(ctx.cache_url(name, t["key"])) for t in tasks)
         print(f"{name:16s} {done}/{len(tasks)}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from emprocess.serve import make_server, viewer_links
+
+    server = make_server(args.dir, args.host, args.port)
+    base = f"http://{args.host}:{server.server_address[1]}"
+    links = viewer_links(args.dir, base)
+    print(f"serving {Path(args.dir).resolve()} at {base} (HTTP Range + CORS); Ctrl-C stops")
+    for run_id, url in links:
+        print(f"  run {run_id}: {url}")
+    if not links:
+        print("  no completed run with file:// outputs under this folder")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 
@@ -134,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conf", required=True)
     p.add_argument("--run-id", required=True)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("serve", help="serve a folder of local outputs to neuroglancer and print viewer links")
+    p.add_argument("dir")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_serve)
 
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import tensorstore as ts
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
@@ -74,6 +75,53 @@ def write_sample(out_dir: str | Path, *, size: int = 512, n_slices: int = 24, se
             "source": f"file://{out}", "resolution": 8}
     (out / "conf.json").write_text(json.dumps(conf, indent=2))
     return conf
+
+
+SUPERVOXEL_DEPTH = 8  # slices: each cell is cut into supervoxels this deep, so the table has work to do
+
+
+def write_sample_segmentation(sample_dir: str | Path, transforms: dict, out_dir: str | Path,
+                              resolution: float = 8.0) -> dict:
+    """Write the sample's cells as a supervoxel volume in a run's aligned frame, plus their table.
+
+    ``transforms`` is that run's ``align/transforms.json``. The aligned frame is the truth frame moved
+    by the first slice's transform (its truth transform is the identity), so the cell labels are
+    carried over with that one map. Each cell is cut every SUPERVOXEL_DEPTH slices into supervoxels
+    (an over-segmentation, as a watershed gives); ``agglomeration.npy`` joins them back into cells.
+    Returns the run conf's ``segmentation`` block.
+    """
+    from emprocess import storage
+
+    labels = np.load(Path(sample_dir) / "labels.npy")
+    minz, maxz = transforms["minz"], transforms["maxz"]
+    if labels.shape[0] < maxz + 1:
+        raise ValueError(f"the sample has {labels.shape[0]} slices; the run goes to slice {maxz}")
+    frame = np.asarray(transforms["transforms"][str(minz)], np.float64)
+    size = (transforms["width"], transforms["height"])
+    blocks = -(-labels.shape[0] // SUPERVOXEL_DEPTH)
+    watershed = np.zeros((size[0], size[1], maxz - minz + 1), np.uint64)  # x, y, z
+    for z in range(minz, maxz + 1):
+        cells = cv2.warpAffine(labels[z].astype(np.int32), frame, size, flags=cv2.INTER_NEAREST,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(np.uint64)
+        pieces = (cells - 1) * blocks + z // SUPERVOXEL_DEPTH + 1
+        watershed[:, :, z - minz] = np.where(cells > 0, pieces, 0).T
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    supervoxels = np.unique(watershed[watershed > 0])
+    np.save(out / "agglomeration.npy", np.column_stack([supervoxels, (supervoxels - 1) // blocks + 1]))
+    url = f"file://{out / 'watershed'}"
+    spec = {
+        "driver": "neuroglancer_precomputed",
+        "kvstore": storage.kvstore_spec(url),
+        "multiscale_metadata": {"type": "segmentation", "data_type": "uint64", "num_channels": 1},
+        "scale_metadata": {"size": list(watershed.shape), "voxel_offset": [0, 0, minz],
+                           "resolution": [resolution] * 3, "chunk_size": [64, 64, 8],
+                           "encoding": "compressed_segmentation", "compressed_segmentation_block_size": [8, 8, 8]},
+        "create": True,
+        "delete_existing": True,
+    }
+    ts.open(spec, context=storage.context()).result()[..., 0].write(watershed).result()
+    return {"watershed": url, "agglomeration": f"file://{out / 'agglomeration.npy'}", "chunk_size": [128, 128, 8]}
 
 
 def _cell_labels(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:

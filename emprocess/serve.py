@@ -6,11 +6,15 @@ so Python's plain ``http.server`` (no Range, no CORS) is not enough.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from functools import partial
+from pathlib import Path
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+from emprocess.pyramid.viewer import neuroglancer_url
 
 RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)$")
 
@@ -60,3 +64,31 @@ class RangeCorsHandler(SimpleHTTPRequestHandler):
 
 def make_server(directory: str, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
     return ThreadingHTTPServer((host, port), partial(RangeCorsHandler, directory=directory))
+
+
+def viewer_links(directory: str, base_url: str) -> list[tuple[str, str]]:
+    """(run id, neuroglancer URL) for every completed run whose outputs lie under ``directory``.
+
+    A ChunkedGraph-only run is shown over the images of the latest earlier run of the same dataset.
+    """
+    root = Path(directory).resolve()
+
+    def http(url: str | None) -> str | None:
+        if not url or not url.startswith("file://"):
+            return None
+        path = Path(url.removeprefix("file://"))
+        return f"{base_url.rstrip('/')}/{path.relative_to(root).as_posix()}" if path.is_relative_to(root) else None
+
+    runs = [json.loads(marker.read_text()) for marker in root.glob("*_process/*/complete.json")]
+    images: dict[str, tuple[str | None, str | None]] = {}  # dataset id → (jpeg, raw) of its latest image run
+    links = []
+    for complete in sorted(runs, key=lambda run: run["finished"]):
+        outputs, dataset = complete["outputs"], complete["conf"]["id"]
+        jpeg, raw, segmentation = (http(outputs.get(name)) for name in ("jpeg", "raw", "segmentation"))
+        if jpeg:
+            images[dataset] = (jpeg, raw)
+        elif segmentation:
+            jpeg, raw = images.get(dataset, (None, None))
+        if jpeg or segmentation:
+            links.append((complete["run_id"], neuroglancer_url(jpeg, raw, segmentation)))
+    return links

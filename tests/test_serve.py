@@ -30,3 +30,29 @@ def test_range_requests_and_cors(tmp_path):
     assert whole.status_code == 200 and whole.content == data
     assert outside.status_code == 416
     assert preflight.status_code == 204 and "Range" in preflight.headers["Access-Control-Allow-Headers"]
+
+
+def test_viewer_links_point_at_served_paths(tmp_path):
+    import json
+    from urllib.parse import unquote
+
+    from emprocess.serve import viewer_links
+
+    def complete(run: str, finished: str, **outputs) -> None:
+        folder = tmp_path / "sample_process" / run
+        folder.mkdir(parents=True)
+        outputs = {name: outputs.get(name) for name in ("jpeg", "raw", "segmentation")}
+        (folder / "complete.json").write_text(json.dumps(
+            {"run_id": run, "finished": finished, "conf": {"id": "sample"}, "outputs": outputs}))
+
+    complete("images", "2026-01-01T00:00:00", jpeg=f"file://{tmp_path}/sample_ng_a/neuroglancer/jpeg",
+             raw="file:///somewhere/else/raw")
+    complete("graph", "2026-01-02T00:00:00", segmentation=f"file://{tmp_path}/sample_ng_b/neuroglancer/segmentation")
+    links = dict(viewer_links(str(tmp_path), "http://127.0.0.1:9000"))
+    assert set(links) == {"images", "graph"}
+    images, graph = unquote(links["images"]), unquote(links["graph"])
+    assert "precomputed://http://127.0.0.1:9000/sample_ng_a/neuroglancer/jpeg" in images
+    assert "somewhere" not in images  # outside the served folder: not linked
+    # the graph run's bodies are shown over the images of the earlier run of the same dataset
+    assert "precomputed://http://127.0.0.1:9000/sample_ng_b/neuroglancer/segmentation" in graph
+    assert "sample_ng_a/neuroglancer/jpeg" in graph
