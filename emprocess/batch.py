@@ -101,3 +101,22 @@ def run_share(
 def run_in_process(stage: Stage, ctx: RunContext, worker: int, width: int, **kwargs) -> ShareSummary:
     """Execute the share with the stage's own ``work`` (CLI ``emprocess work``, Kubernetes pods, tests)."""
     return run_share(stage, ctx, worker, width, lambda task: stage.work(task["payload"]), **kwargs)
+
+
+def stage_status(ctx: RunContext, stages: list[Stage]) -> dict[str, dict]:
+    """``{stage: {"done", "total"}}`` in the given order, from the result cache (one listing per stage).
+
+    ``total`` is None while a stage cannot be planned yet (it reads what an earlier stage writes, e.g.
+    the graph meta); 0 for a stage this run does not ask for, or a layer above the graph's root.
+    """
+    report = {}
+    for stage in stages:
+        try:
+            keys = [task["key"] for task in stage.plan(ctx)]
+        except FileNotFoundError:
+            report[stage.name] = {"done": 0, "total": None}
+            continue
+        cache_dir = storage.parse(ctx.cache_url(stage.name, "any")).parent()
+        cached = {name.removesuffix(".json") for name in storage.listdir(cache_dir)}
+        report[stage.name] = {"done": sum(key in cached for key in keys), "total": len(keys)}
+    return report

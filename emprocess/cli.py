@@ -76,37 +76,46 @@ def cmd_demo(args) -> int:
     segmentation = write_sample_segmentation(out / "sample", transforms, out / "sample_segmentation")
     print(f"sample supervoxels in the aligned frame: {segmentation['watershed']}; building their ChunkedGraph",
           flush=True)
-    if _run(dict(conf, stages=["chunkedgraph"], segmentation=segmentation), args.width, None) is None:
+    graph_conf = dict(conf, stages=["chunkedgraph"], segmentation=segmentation)
+    (out / "sample_segmentation" / "conf.json").write_text(json.dumps(graph_conf, indent=2))
+    if _run(graph_conf, args.width, None) is None:
         return 1
     print(f"to view: {Path(sys.argv[0]).name} serve {out}  (then open a printed neuroglancer link)")
     return 0
 
 
 def cmd_work(args) -> int:
-    from emprocess import registry
+    from emprocess import registry, storage
     from emprocess.batch import run_in_process
     from emprocess.stages import RunContext
 
     ctx = RunContext.create(_load_conf(args.conf), args.run_id)
-    stage = registry.get(args.stage)
-    summary = run_in_process(stage, ctx, args.worker, args.of, threads=args.threads)
-    print(summary)
+    if args.stage != "chunkedgraph":
+        print(run_in_process(registry.get(args.stage), ctx, args.worker, args.of, threads=args.threads))
+        return 0
+    if args.layer is None or args.chunk is None:
+        raise ConfError("work chunkedgraph re-runs one chunk: give --layer L and --chunk X Y Z")
+    from emprocess.chunkedgraph.stages import chunk_task
+
+    try:
+        task = chunk_task(ctx, args.layer, args.chunk)
+    except ValueError as err:
+        raise ConfError(str(err)) from None
+    stage = registry.get(f"cg.layer{args.layer}")
+    storage.write_json(ctx.cache_url(stage.name, task["key"]), stage.work(task["payload"]))
+    print(f"{stage.name} chunk {task['key']} rebuilt")
     return 0
 
 
 def cmd_status(args) -> int:
-    from emprocess import registry, storage
+    from emprocess import registry
+    from emprocess.batch import stage_status
     from emprocess.stages import RunContext
 
     ctx = RunContext.create(_load_conf(args.conf), args.run_id)
-    for name, stage in registry.stages().items():
-        try:
-            tasks = stage.plan(ctx)
-        except (FileNotFoundError, ConfError) as err:
-            print(f"{name:16s} not planned yet ({err})")
-            continue
-        done = sum(storage.exists(ctx.cache_url(name, t["key"])) for t in tasks)
-        print(f"{name:16s} {done}/{len(tasks)}")
+    for name, counts in stage_status(ctx, list(registry.stages().values())).items():
+        total = "not planned yet" if counts["total"] is None else counts["total"]
+        print(f"{name:16s} {counts['done']}/{total}")
     return 0
 
 
@@ -153,18 +162,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=1, choices=(1, 4, 16, 32, 64, 128))
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("work", help="run one stage's worker in-process (what a Kubernetes pod runs)")
-    p.add_argument("stage", help="stage name, e.g. align.pairs, pyramid.shard, cg.layer3")
+    p = sub.add_parser("work", help="run one stage's worker in-process (what a Kubernetes pod runs), "
+                                    "or re-run one ChunkedGraph chunk")
+    p.add_argument("stage", help="stage name, e.g. align.pairs, pyramid.shard, cg.layer3; "
+                                 "'chunkedgraph' with --layer and --chunk re-runs one chunk")
     p.add_argument("--worker", type=int, default=0)
     p.add_argument("--of", type=int, default=1)
+    p.add_argument("--layer", type=int)
+    p.add_argument("--chunk", type=int, nargs=3, metavar=("X", "Y", "Z"))
     p.add_argument("--conf", required=True)
     p.add_argument("--run-id", required=True)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=cmd_work)
 
-    p = sub.add_parser("status", help="done/total mini-tasks per stage of a run")
+    p = sub.add_parser("status", help="done/total mini-tasks per stage (and ChunkedGraph layer) of a run")
+    p.add_argument("run_id")
     p.add_argument("--conf", required=True)
-    p.add_argument("--run-id", required=True)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("serve", help="serve a folder of local outputs to neuroglancer and print viewer links")

@@ -207,3 +207,26 @@ def test_offset_watershed_with_empty_chunks_and_no_table(tmp_path):
     assert np.unique(flattened[flattened != 0]).size == np.unique(watershed[watershed != 0]).size
     info = storage.read_json(storage.join(ctx.locations.segmentation, "info"))
     assert info["scales"][0]["voxel_offset"] == [5, 7, 3] and info["scales"][0]["size"] == [20, 18, 12]
+
+
+def test_cli_status_and_one_chunk_rerun(built, tmp_path, capsys):
+    """``emprocess status RUN`` (like ``ingest status``) and ``emprocess work chunkedgraph --layer --chunk``
+    (like ``ingest chunk``) on the built graph."""
+    import json
+
+    from emprocess.cli import main
+
+    ctx, *_ = built
+    conf_path = tmp_path / "conf.json"
+    conf_path.write_text(json.dumps(ctx.conf.to_json()))
+    chunk = storage.join(ctx.locations.chunkedgraph, "layer_3", "2_1_0")
+    before = storage.read(chunk)
+    storage.delete(ctx.cache_url("cg.layer3", "3_2_1_0"))
+    assert main(["-q", "status", ctx.run_id, "--conf", str(conf_path)]) == 0
+    lines = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    assert lines["cg.layer2"] == "150/150" and lines["cg.layer3"] == "26/27" and lines["cg.layer6"] == "0/0"
+    assert main(["-q", "work", "chunkedgraph", "--layer", "3", "--chunk", "2", "1", "0", "--conf", str(conf_path),
+                 "--run-id", ctx.run_id]) == 0
+    assert storage.read(chunk) == before and storage.exists(ctx.cache_url("cg.layer3", "3_2_1_0"))
+    assert main(["-q", "work", "chunkedgraph", "--layer", "3", "--conf", str(conf_path), "--run-id", ctx.run_id]) == 2
+    assert "--chunk" in capsys.readouterr().err

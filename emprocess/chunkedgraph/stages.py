@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import partial
 
 from emprocess import storage
+from emprocess.batch import stage_status
 from emprocess.chunkedgraph.flatten import flatten_chunk
 from emprocess.chunkedgraph.ids import MAX_LAYERS
 from emprocess.chunkedgraph.layer2 import build_layer2_chunk
@@ -113,18 +114,5 @@ STAGES = [
 
 
 def status(ctx: RunContext) -> dict[str, dict]:
-    """``{stage: {"done", "total"}}`` in run order, one entry per layer (``ingest status``).
-
-    ``total`` is None while the graph meta does not exist yet; 0 for layers above the root.
-    """
-    report = {}
-    for stage in STAGES:
-        try:
-            keys = [task["key"] for task in stage.plan(ctx)]
-        except FileNotFoundError:
-            report[stage.name] = {"done": 0, "total": None}
-            continue
-        cache_dir = storage.parse(ctx.cache_url(stage.name, "any")).parent()
-        cached = {name.removesuffix(".json") for name in storage.listdir(cache_dir)}
-        report[stage.name] = {"done": sum(key in cached for key in keys), "total": len(keys)}
-    return report
+    """``{stage: {"done", "total"}}`` in run order, one entry per layer (``ingest status``)."""
+    return stage_status(ctx, STAGES)
