@@ -103,3 +103,33 @@ def test_cli_rejects_a_bad_conf_before_starting(tmp_path):
     assert done.returncode == 2
     assert "'source'" in done.stderr and "ftp" in done.stderr
     assert list(tmp_path.iterdir()) == [conf_path]
+
+
+def test_sample_run_recovers_the_known_misalignment_and_cloudvolume_reads_aligned_slices(sample_run):
+    """The run's transforms undo the sample's known per-slice affines within 1 px, and the JPEG
+    pyramid it wrote opens in CloudVolume with consecutive slices in register (phase correlation)."""
+    import cv2
+    import numpy as np
+    from cloudvolume import CloudVolume
+
+    from emprocess.align.compose import homogeneous, max_corner_distance
+
+    conf, run_id, _ = sample_run
+    ctx = RunContext.create(conf, run_id)
+    transforms = storage.read_json(storage.join(ctx.locations.process, "align", "transforms.json"))
+    truth = storage.read_json(storage.join(conf["source"], "truth.json"))["transforms"]
+    # truth maps the true frame into slice z; ours maps slice z into the output frame: their product
+    # must be the same map for every slice
+    frame_of = {z: homogeneous(transforms["transforms"][z]) @ homogeneous(truth[z]) for z in transforms["transforms"]}
+    first = frame_of[str(conf["minz"])]
+    assert max(max_corner_distance(m, first, transforms["source_sizes"][z]) for z, m in frame_of.items()) <= 1.0
+
+    volume = CloudVolume(f"precomputed://{ctx.locations.jpeg}", mip=0, progress=False)
+    stack = np.asarray(volume[:, :, :])[..., 0].astype(np.float32)  # x, y, z
+    assert stack.shape[2] == conf["maxz"] - conf["minz"] + 1
+    inner = stack[32:-32, 32:-32]  # clear of the zero fill at the warped edges
+    window = cv2.createHanningWindow(inner.shape[1::-1], cv2.CV_32F)
+    for z in range(stack.shape[2] - 1):
+        (dx, dy), _ = cv2.phaseCorrelate(np.ascontiguousarray(inner[..., z]), np.ascontiguousarray(inner[..., z + 1]),
+                                         window)
+        assert np.hypot(dx, dy) <= 1.0, (z, dx, dy)
