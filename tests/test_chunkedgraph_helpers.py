@@ -17,6 +17,7 @@ from scipy.sparse.csgraph import connected_components
 
 from emprocess import storage
 from emprocess.chunkedgraph import chunkfile
+from emprocess.chunkedgraph.reader import ChunkedGraph
 from emprocess.chunkedgraph.stages import STAGES
 from emprocess.stages import RunContext, Stage
 
@@ -83,6 +84,13 @@ def read_labels(url: str, scale_index: int = 0) -> np.ndarray:
     """The whole scale as (x, y, z), whatever its voxel_offset."""
     spec = {"driver": "neuroglancer_precomputed", "kvstore": storage.kvstore_spec(url), "scale_index": scale_index}
     return np.asarray(ts.open(spec, context=storage.context()).result()[..., 0].read().result())
+
+
+def voxel_roots(ctx: RunContext) -> np.ndarray:
+    """The root of every voxel's supervoxel, through the reader API (0 stays 0), flattened."""
+    supervoxels = read_labels(storage.join(ctx.locations.chunkedgraph, "supervoxels"))
+    ids, inverse = np.unique(supervoxels, return_inverse=True)
+    return ChunkedGraph(ctx.locations.chunkedgraph).roots(ids)[inverse.reshape(-1)]
 
 
 def voronoi_supervoxels(shape, count: int, seed: int, membrane: float = 0.15) -> np.ndarray:

@@ -15,6 +15,7 @@ from test_chunkedgraph_helpers import (
     run_stage,
     same_partition,
     voronoi_supervoxels,
+    voxel_roots,
     write_volume,
 )
 
@@ -61,10 +62,7 @@ def test_root_partition_equals_components_of_all_active_edges(built):
     truth = active_components(watershed, table)
     flattened = read_labels(ctx.locations.segmentation)
     assert same_partition(flattened, truth)
-    supervoxels = read_labels(storage.join(ctx.locations.chunkedgraph, "supervoxels"))
-    ids, inverse = np.unique(supervoxels, return_inverse=True)
-    roots = ChunkedGraph(ctx.locations.chunkedgraph).roots(ids)
-    assert same_partition(roots[inverse.reshape(-1)], truth)
+    assert same_partition(voxel_roots(ctx), truth)
 
 
 def test_layer2_nodes_are_maximal_connected_sets_within_their_chunk(built):

@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from test_chunkedgraph_helpers import make_context, read_labels, run_graph, same_partition, write_volume
+from test_chunkedgraph_helpers import make_context, read_labels, run_graph, same_partition, voxel_roots, write_volume
 
 from emprocess import storage
-from emprocess.chunkedgraph.reader import ChunkedGraph
 
 LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012" / "label"
 
@@ -85,10 +84,7 @@ def test_isbi_data_is_realistic(isbi_graph):
 
 def test_isbi_root_partition_equals_the_linked_bodies(isbi_graph):
     ctx, expected, _ = isbi_graph
-    supervoxels = read_labels(storage.join(ctx.locations.chunkedgraph, "supervoxels"))
-    ids, inverse = np.unique(supervoxels, return_inverse=True)
-    roots = ChunkedGraph(ctx.locations.chunkedgraph).roots(ids)
-    assert same_partition(roots[inverse.reshape(-1)], expected)
+    assert same_partition(voxel_roots(ctx), expected)
 
 
 def test_isbi_flattened_layer_matches_body_labels_voxel_for_voxel(isbi_graph):
