@@ -8,6 +8,7 @@ the slice is complete.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
@@ -39,6 +40,10 @@ def aligned_chunk_urls(aligned: str, z_index: int, width: int, height: int) -> l
     return [storage.join(aligned, zarr_chunk_key((z_index, r, c))) for r in range(rows) for c in range(cols)]
 
 
+def _this_or_read(url: str, image: np.ndarray, wanted: str) -> np.ndarray:
+    return image if wanted == url else read_image(wanted)
+
+
 def write_aligned_slice(payload: dict) -> dict:
     """Warp one slice into the aligned frame, apply CLAHE, store it and its thumbnail."""
     z, url = payload["z"], payload["slice"]
@@ -53,8 +58,9 @@ def write_aligned_slice(payload: dict) -> dict:
     source_dtype, rule = str(image.dtype), None
     if image.dtype == np.uint16:
         intensity = payload["intensity"]
-        reuse = lambda u: image if u == url else read_image(u)  # noqa: E731 - this slice may be in the sample
-        rule = stack_rule(intensity["url"], intensity["sample"], reuse, write=intensity["writer"])
+        read = partial(_this_or_read, url, image)  # this slice may be one of the sampled ones
+        rule = stack_rule(intensity["url"], intensity["sample"], read, write=intensity["writer"])
+        del read
         image = rule.apply(image)
     warped = warp(image, matrix, width, height)
     del image
