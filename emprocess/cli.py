@@ -80,7 +80,7 @@ def cmd_demo(args) -> int:
     (out / "sample_segmentation" / "conf.json").write_text(json.dumps(graph_conf, indent=2))
     if _run(graph_conf, args.width, None) is None:
         return 1
-    print(f"to view: {Path(sys.argv[0]).name} serve {out}  (then open a printed neuroglancer link)")
+    print(f"to view: make serve, or emprocess serve {out}; then open a printed neuroglancer link")
     return 0
 
 
