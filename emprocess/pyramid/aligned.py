@@ -1,6 +1,6 @@
 """The ``align.warp`` work: one source slice → one z of the aligned zarr volume, plus its thumbnail.
 
-The aligned volume is (z, y, x) uint8 with z = slice − minz, 1×1024×1024 chunks and zstd; the
+The aligned volume is (z, y, x) uint8 with z = slice − minz, 1×1024×1024 chunks, uncompressed; the
 pyramid blocks read it back 1024² tile by tile. The thumbnail is written last, so its presence means
 the slice is complete.
 """
