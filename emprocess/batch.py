@@ -116,7 +116,6 @@ def stage_status(ctx: RunContext, stages: list[Stage]) -> dict[str, dict]:
         except FileNotFoundError:
             report[stage.name] = {"done": 0, "total": None}
             continue
-        cache_dir = storage.parse(ctx.cache_url(stage.name, "any")).parent()
-        cached = {name.removesuffix(".json") for name in storage.listdir(cache_dir)}
+        cached = {name.removesuffix(".json") for name in storage.listdir(ctx.cache_dir(stage.name))}
         report[stage.name] = {"done": sum(key in cached for key in keys), "total": len(keys)}
     return report

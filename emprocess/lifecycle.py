@@ -63,7 +63,8 @@ def publish(ctx: RunContext) -> dict:
             "raw": ctx.locations.raw if ctx.wants("pyramid") and ctx.conf.createRawPyramid else None,
             "segmentation": ctx.locations.segmentation if ctx.wants("chunkedgraph") else None,
             "chunkedgraph": ctx.locations.chunkedgraph if ctx.wants("chunkedgraph") else None,
-            "transforms": storage.join(ctx.locations.process, "align", "transforms.json") if ctx.wants("align") else None,
+            "transforms": (storage.join(ctx.locations.process, "align", "transforms.json")
+                           if ctx.wants("align") else None),
         },
     }
     storage.write_json(storage.join(ctx.locations.process, "complete.json"), complete)

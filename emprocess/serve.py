@@ -10,9 +10,9 @@ import json
 import os
 import re
 from functools import partial
-from pathlib import Path
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from emprocess.pyramid.viewer import neuroglancer_url
 

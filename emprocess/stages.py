@@ -46,8 +46,11 @@ class RunContext:
             return False
         return stage in self.conf.stages
 
+    def cache_dir(self, stage: str) -> str:
+        return storage.join(self.locations.process, "cache", stage)
+
     def cache_url(self, stage: str, key: str) -> str:
-        return storage.join(self.locations.process, "cache", stage, f"{key}.json")
+        return storage.join(self.cache_dir(stage), f"{key}.json")
 
 
 @dataclass(frozen=True)

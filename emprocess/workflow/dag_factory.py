@@ -119,11 +119,13 @@ def build_dag(width: int) -> DAG:
     ) as dag:
         first = validate_task() >> create_env_task()
         with TaskGroup("align") as align:
-            workers("align.pairs", "fiji", width, "pairs") >> workers("align.collect", None, 1, "collect") >> workers(
-                "align.warp", "emwrite", width, "warp")
+            pairs = workers("align.pairs", "fiji", width, "pairs")
+            collect = workers("align.collect", None, 1, "collect")
+            pairs >> collect >> workers("align.warp", "emwrite", width, "warp")
         with TaskGroup("pyramid") as pyramid:
-            workers("pyramid.meta", "emwrite", 1, "ngmeta") >> workers("pyramid.shard", "emwrite", width, "shard") >> workers(
-                "pyramid.top", "emwrite", 1, "top")
+            meta = workers("pyramid.meta", "emwrite", 1, "ngmeta")
+            shards = workers("pyramid.shard", "emwrite", width, "shard")
+            meta >> shards >> workers("pyramid.top", "emwrite", 1, "top")
         with TaskGroup("chunkedgraph") as chunkedgraph:
             previous = workers("cg.meta", "emwrite", 1, "cg_meta")
             for layer in range(2, MAX_LAYERS + 1):
