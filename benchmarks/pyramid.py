@@ -7,9 +7,10 @@ prints from one run:
 * the ``pyramid.shard`` work (one block, every block scale), JPEG only and JPEG + raw;
 * CloudVolume writing the same volume (JPEG, 64³ chunks, quality set explicitly) plus igneous
   2×2×2 downsampling (unsharded: that is what that pipeline produces), and the ratio;
-* a JPEG-encode floor: every 64³ chunk of scale 0 through the fastest installed encoder
-  (simplejpeg, OpenCV, imagecodecs), one thread; and, for reference, tensorstore's own JPEG writer
-  encoding scale 0 alone into memory (what the pipeline is bound to, writing through tensorstore);
+* a JPEG-encode floor: every 64³ chunk of scale 0, already gathered into contiguous arrays, through
+  the fastest installed encoder (simplejpeg, OpenCV, imagecodecs), one thread; and, for reference,
+  tensorstore's precomputed driver encoding scale 0 alone into memory (why the pipeline encodes its
+  chunks itself);
 * with ``--full-block``, the peak RSS of the work on a full 1024³ block;
 * with ``--big-slice N``, time and peak RSS of the ``align.warp`` work on one N×N 16-bit slice
   (target: 20k×20k within 4 GB).
@@ -201,8 +202,8 @@ def warp_child(payload: dict) -> dict:
 
 
 def tensorstore_jpeg_child(job: dict) -> dict:
-    """Scale 0 alone encoded by tensorstore's JPEG writer into memory: the ceiling for any pipeline
-    that writes through tensorstore's neuroglancer_precomputed driver."""
+    """Scale 0 alone encoded by tensorstore's precomputed driver into memory: the ceiling of a
+    pipeline that left JPEG encoding to the driver."""
     import tensorstore as ts
 
     work, depth = Path(job["work"]), job["depth"]

@@ -1,72 +1,83 @@
 """Building the pyramid: one 1024³ block's scales 0–4, then the scales above from the block seeds.
 
 Memory for a full block stays near 2 GB: the block is streamed from the aligned volume in 64-slice
-slabs into a tensorstore transaction that holds one volume's scale-0 shard (1 GiB uncompressed, plus
-its encoded chunks) until it is committed, so the JPEG and raw volumes are written one after the
-other (the raw pass reads the slabs again) and the coarser scales (1/7 of the block) are kept in
-memory between the passes. Every coarser scale is the 2×2×2 mean of the exact scale below it, never
-of decoded JPEG.
+slabs whose chunks are encoded as they arrive into a transaction that holds one volume's encoded
+shards until it is committed, so the JPEG and raw volumes are written one after the other (the raw
+pass reads the slabs again) and the coarser scales (1/7 of the block) are kept in memory between
+the passes. Every coarser scale is the 2×2×2 mean of the exact scale below it, never of decoded JPEG.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
 import tensorstore as ts
 
+from emprocess.pyramid.chunks import ENCODE_THREADS, ShardWriter
 from emprocess.pyramid.downsample import mean2
 from emprocess.pyramid.layout import CHUNK, Box, PyramidLayout
-from emprocess.pyramid.writers import ALIGNED_CHUNKS, SEED_CHUNKS, open_scale, open_zarr, zyx
+from emprocess.pyramid.writers import ALIGNED_CHUNKS, SEED_CHUNKS, open_aligned_tiles, open_zarr, zarr_chunk_key, zyx
 
 SLAB = CHUNK  # scale-0 slices per read; a multiple of 16, so each block scale gets whole slices
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
 
 
 def release_memory() -> None:
-    """Return freed heap pages to the OS. glibc keeps a committed transaction's chunk buffers in its
+    """Return freed heap pages to the OS. glibc keeps a committed transaction's buffers in its
     per-thread arenas, where the next pass does not reuse them: without this the raw pass stacks on
-    the JPEG pass (a full block peaked at 2.9 GB instead of 2.3 GB)."""
+    the JPEG pass."""
     trim = getattr(_LIBC, "malloc_trim", None)
     if trim is not None:
         trim(0)
 
 
-def _region(box: Box) -> tuple[slice, slice, slice]:
-    """``box`` (x, y, z) as (x, y, z) index slices."""
+def _slabs(tiles: ts.KvStore, box: Box) -> Iterator[tuple[int, np.ndarray]]:
+    """(first z, (z, y, x) data) of each slab of ``box`` (scale 0 of one block: one tile per slice),
+    reading the next slab while one is used. Two slab buffers take turns (a slab is valid until the
+    next one is yielded): fresh 64 MB arrays cost as much in page faults as copying into them."""
     (x0, y0, z0), (x1, y1, z1) = box
-    return slice(x0, x1), slice(y0, y1), slice(z0, z1)
+    _, tile_height, tile_width = ALIGNED_CHUNKS
+    if x0 % tile_width or y0 % tile_height:
+        raise ValueError(f"box {box} does not start on an aligned tile")
+    tile_y, tile_x = y0 // tile_height, x0 // tile_width
+    buffers = [np.empty((min(SLAB, z1 - z0), y1 - y0, x1 - x0), np.uint8) for _ in range(2)]
 
+    def read(start: int) -> list[tuple[str, ts.Future]]:
+        keys = [zarr_chunk_key((z, tile_y, tile_x)) for z in range(start, min(start + SLAB, z1))]
+        return [(key, tiles.read(key)) for key in keys]
 
-def _slabs(aligned: ts.TensorStore, box: Box) -> Iterator[tuple[int, np.ndarray]]:
-    """(first z, (z, y, x) data) of each slab of ``box``, reading the next slab while one is used."""
-    (x0, y0, z0), (x1, y1, z1) = box
+    def assemble(reads: list[tuple[str, ts.Future]], slab: np.ndarray) -> np.ndarray:
+        for plane, (key, pending) in zip(slab, reads):
+            result = pending.result()
+            if result.state != "value":
+                raise FileNotFoundError(f"aligned tile {key} is missing: run align.warp for its slice")
+            tile = np.frombuffer(result.value, np.uint8).reshape(tile_height, tile_width)
+            plane[...] = tile[:y1 - y0, :x1 - x0]
+        return slab[:len(reads)]
+
     starts = list(range(z0, z1, SLAB))
-    read = lambda z: aligned[z:min(z + SLAB, z1), y0:y1, x0:x1].read()  # noqa: E731
     pending = read(starts[0])
     for i, z in enumerate(starts):
-        data = pending.result()
+        data = assemble(pending, buffers[i % 2])
         if i + 1 < len(starts):
             pending = read(starts[i + 1])
         yield z, data
 
 
-def _write_shards(url: str, encoding: str, jpeg_quality: int | None, layout: PyramidLayout, boxes: dict[int, Box],
-                  slabs: Iterator[tuple[int, np.ndarray]] | None, coarse: dict[int, np.ndarray]) -> None:
+def _write_volume(writer: ShardWriter, boxes: dict[int, Box], slabs: Iterator[tuple[int, np.ndarray]] | None,
+                  coarse: dict[int, np.ndarray]) -> None:
     """One transaction: scale 0 from ``slabs`` (if given) and the scales in ``coarse``; each scale's
     part of the block is one whole shard, so nothing is read back."""
-    txn = ts.Transaction()
-    scales = ([0] if slabs is not None else []) + list(coarse)
-    views = {s: open_scale(url, layout, s, encoding, jpeg_quality, txn) for s in scales}
-    x, y, _ = _region(boxes[0])
+    x0, y0, _ = boxes[0][0]
     for z, data in slabs or ():
-        views[0][x, y, z:z + data.shape[0]].write(data.transpose(2, 1, 0)).result()
+        writer.write(0, (x0, y0, z), data)
     for scale, data in coarse.items():
-        views[scale][_region(boxes[scale])].write(data.transpose(2, 1, 0)).result()
-    txn.commit_async().result()
-    del txn, views
+        writer.write(scale, boxes[scale][0], data)
+    writer.commit()
     release_memory()
 
 
@@ -77,12 +88,12 @@ def build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: 
     Order: JPEG (all scales, computing the coarse ones on the way), the seed, raw coarse scales,
     then raw scale 0 alone, so the largest transaction never shares memory with the coarse scales."""
     boxes = {s: layout.block_box(block, s) for s in layout.block_scales}
-    aligned = open_zarr(aligned_url, zyx(layout.size), ALIGNED_CHUNKS, create=False)
+    tiles = open_aligned_tiles(aligned_url, zyx(layout.size))
     coarse = {s: np.empty([e - b for b, e in zip(*boxes[s])][::-1], np.uint8) for s in boxes if s > 0}
     block_z0 = boxes[0][0][2]
 
     def first_pass() -> Iterator[tuple[int, np.ndarray]]:
-        for z, data in _slabs(aligned, boxes[0]):
+        for z, data in _slabs(tiles, boxes[0]):
             yield z, data
             level = data
             for scale, target in coarse.items():
@@ -90,16 +101,17 @@ def build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: 
                 start = (z - block_z0) >> scale
                 target[start:start + level.shape[0]] = level
 
-    _write_shards(jpeg_url, "jpeg", jpeg_quality, layout, boxes, first_pass(), coarse)
-    if seed_url is not None:
-        last = max(boxes)
-        seed = open_zarr(seed_url, zyx(layout.scale_size(last)), SEED_CHUNKS, create=True)
-        (x0, y0, z0), (x1, y1, z1) = boxes[last]
-        seed[z0:z1, y0:y1, x0:x1].write(coarse[last]).result()
-    if raw_url is not None:
-        _write_shards(raw_url, "raw", None, layout, boxes, None, coarse)
-        coarse.clear()
-        _write_shards(raw_url, "raw", None, layout, boxes, _slabs(aligned, boxes[0]), {})
+    with ThreadPoolExecutor(ENCODE_THREADS) as pool:
+        _write_volume(ShardWriter(jpeg_url, layout, "jpeg", jpeg_quality, pool), boxes, first_pass(), coarse)
+        if seed_url is not None:
+            last = max(boxes)
+            seed = open_zarr(seed_url, zyx(layout.scale_size(last)), SEED_CHUNKS, create=True)
+            (x0, y0, z0), (x1, y1, z1) = boxes[last]
+            seed[z0:z1, y0:y1, x0:x1].write(coarse[last]).result()
+        if raw_url is not None:
+            _write_volume(ShardWriter(raw_url, layout, "raw", None, pool), boxes, None, coarse)
+            coarse.clear()
+            _write_volume(ShardWriter(raw_url, layout, "raw", None, pool), boxes, _slabs(tiles, boxes[0]), {})
 
 
 def build_top(seed_url: str, jpeg_url: str, raw_url: str | None, layout: PyramidLayout, jpeg_quality: int) -> None:
@@ -107,12 +119,13 @@ def build_top(seed_url: str, jpeg_url: str, raw_url: str | None, layout: Pyramid
     which holds 1/4096 of the volume."""
     last = layout.block_scales[-1]
     level = open_zarr(seed_url, zyx(layout.scale_size(last)), SEED_CHUNKS, create=False).read().result()
+    levels = {}
     for scale in layout.top_scales:
-        level = mean2(level)
+        level = levels[scale] = mean2(level)
+    with ThreadPoolExecutor(ENCODE_THREADS) as pool:
         for url, encoding in ((jpeg_url, "jpeg"), (raw_url, "raw")):
-            if url is None:
-                continue
-            txn = ts.Transaction()
-            view = open_scale(url, layout, scale, encoding, jpeg_quality if encoding == "jpeg" else None, txn)
-            view.write(level.transpose(2, 1, 0)).result()
-            txn.commit_async().result()
+            if url is not None:
+                writer = ShardWriter(url, layout, encoding, jpeg_quality if encoding == "jpeg" else None, pool)
+                for scale, data in levels.items():
+                    writer.write(scale, (0, 0, 0), data)
+                writer.commit()

@@ -1,0 +1,103 @@
+"""Encoding a scale's 64³ chunks and staging them in its shard files.
+
+The chunks are encoded here rather than by tensorstore's ``neuroglancer_precomputed`` driver, whose
+encoders bound the block work: simplejpeg (libjpeg-turbo) encodes JPEG chunks ~1.6× faster per core,
+and libdeflate gzips raw chunks at level 1 ~3× faster than the driver's zlib (noisy EM keeps ~80% of
+its bytes at any level). Tensorstore still writes the shard files: the encoded chunks go through its
+``neuroglancer_uint64_sharded`` kvstore (see ``writers.open_shards``). Encoding runs on a thread
+pool (both encoders release the GIL), one task per row of chunks.
+
+A chunk is stored as the precomputed format says: its voxels in x-fastest order, clipped to the
+volume at the far edges; a JPEG chunk is one grayscale image of the chunk's x size by y·z rows.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator
+
+import imagecodecs
+import numpy as np
+import simplejpeg
+import tensorstore as ts
+
+from emprocess.pyramid.layout import CHUNK, PyramidLayout, compressed_morton
+from emprocess.pyramid.writers import open_shards
+
+ENCODE_THREADS = len(os.sched_getaffinity(0))
+RAW_GZIP_LEVEL = 1
+
+
+def encode_jpeg(chunk: np.ndarray, quality: int) -> bytes:
+    """A (z, y, x) uint8 chunk as a precomputed JPEG chunk."""
+    image = chunk.reshape(-1, chunk.shape[2], 1)
+    return simplejpeg.encode_jpeg(image, quality=quality, colorspace="GRAY", colorsubsampling="Gray")
+
+
+def encode_raw(chunk: np.ndarray) -> bytes:
+    """A (z, y, x) uint8 chunk as gzip-compressed raw voxels."""
+    return imagecodecs.gzip_encode(chunk, level=RAW_GZIP_LEVEL)
+
+
+def _row_chunks(row: np.ndarray) -> Iterator[np.ndarray]:
+    """The contiguous chunks of a (z, y, x) row of chunks (z and y at most one chunk), left to right:
+    the whole chunks in one strided copy, then the short one at the volume's edge."""
+    depth, height, width = row.shape
+    whole = width - width % CHUNK
+    if whole:
+        blocks = row[:, :, :whole].reshape(depth, height, whole // CHUNK, CHUNK).transpose(2, 0, 1, 3)
+        yield from np.ascontiguousarray(blocks)
+    if whole < width:
+        yield np.ascontiguousarray(row[:, :, whole:])
+
+
+class ShardWriter:
+    """Encodes the chunks of one precomputed volume's scales into a tensorstore transaction; nothing
+    is written until ``commit``, which writes each staged scale's shard files whole."""
+
+    def __init__(self, url: str, layout: PyramidLayout, encoding: str, jpeg_quality: int | None,
+                 pool: ThreadPoolExecutor):
+        if encoding == "jpeg":
+            self._encode: Callable[[np.ndarray], bytes] = lambda chunk: encode_jpeg(chunk, jpeg_quality)
+        elif encoding == "raw":
+            self._encode = encode_raw
+        else:
+            raise ValueError(f"unknown encoding {encoding!r}")
+        self._url, self._layout, self._encoding, self._quality = url, layout, encoding, jpeg_quality
+        self._pool = pool
+        self._transaction = ts.Transaction()
+        self._stores: dict[int, ts.KvStore] = {}
+        self._writes: list[ts.Future] = []
+
+    def _store(self, scale: int) -> ts.KvStore:
+        if scale not in self._stores:
+            self._stores[scale] = open_shards(self._url, self._layout, scale, self._encoding, self._quality,
+                                              self._transaction)
+        return self._stores[scale]
+
+    def write(self, scale: int, origin: tuple[int, int, int], data: np.ndarray) -> None:
+        """Stage the chunks of ``data``, (z, y, x) voxels of ``scale`` from ``origin`` (x, y, z, on the
+        chunk grid); it covers whole chunks, or reaches the volume's far edge."""
+        if any(o % CHUNK for o in origin):
+            raise ValueError(f"origin {origin} is not on the {CHUNK}³ chunk grid")
+        store, bits = self._store(scale), self._layout.grid_bits(scale)
+        cx, cy, cz = (o // CHUNK for o in origin)
+        rows = [(z, y) for z in range(0, data.shape[0], CHUNK) for y in range(0, data.shape[1], CHUNK)]
+
+        def encode_row(row: tuple[int, int]) -> list[tuple[bytes, bytes]]:
+            z, y = row
+            chunks = _row_chunks(data[z:z + CHUNK, y:y + CHUNK])
+            return [(struct.pack(">Q", compressed_morton((cx + i, cy + y // CHUNK, cz + z // CHUNK), bits)),
+                     self._encode(chunk)) for i, chunk in enumerate(chunks)]
+
+        for encoded in self._pool.map(encode_row, rows):
+            self._writes.extend(store.write(key, value) for key, value in encoded)
+
+    def commit(self) -> None:
+        for write in self._writes:
+            write.result()
+        self._transaction.commit_async().result()
+        self._writes.clear()
+        self._stores.clear()
