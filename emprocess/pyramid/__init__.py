@@ -2,5 +2,6 @@
 
 layout (scales, sharding, blocks) · intensity (16→8-bit rule) · warp (warp, CLAHE, thumbnail) ·
 aligned (the align.warp work) · downsample (2×2×2 mean) · writers (tensorstore volumes) ·
-meta (info, provenance) · build (block and top scales) · stages (plans, Stage objects) · viewer.
+chunks (encoding chunks into shards) · meta (info, provenance) · build (block and top scales) ·
+stages (plans, Stage objects) · viewer.
 """
