@@ -38,9 +38,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from emprocess.pyramid.aligned import write_aligned_slice
 from emprocess.pyramid.layout import PyramidLayout
 from emprocess.pyramid.meta import write_info
-from emprocess.pyramid.aligned import write_aligned_slice
 from emprocess.pyramid.stages import write_shard
 from emprocess.pyramid.writers import ALIGNED_CHUNKS, open_zarr
 

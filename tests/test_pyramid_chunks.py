@@ -1,0 +1,179 @@
+"""The pyramid's own chunk encoding and shard staging (``pyramid.chunks``), and the aligned-volume checks.
+
+Covered: JPEG and raw chunk encodings as the precomputed format lays them out; ``ShardWriter`` on a
+1100×70×67 volume (two blocks, one top scale, short chunks at every far edge) read back through
+tensorstore, with exactly the planned shard files, nothing written before commit, and identical
+bytes on a re-run; the refusal of an off-grid origin, of an aligned volume stored otherwise, and of
+a missing aligned tile.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import simplejpeg
+import tensorstore as ts
+
+from emprocess.pyramid import build, writers
+from emprocess.pyramid.chunks import ShardWriter, encode_jpeg, encode_raw
+from emprocess.pyramid.downsample import mean2
+from emprocess.pyramid.layout import PyramidLayout
+from emprocess.pyramid.meta import write_info
+from emprocess.stages import InputError
+
+QUALITY = 90
+LAYOUT = PyramidLayout((1100, 70, 67), (0, 0, 3), (8, 8, 8))
+
+
+def smooth(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Blurred uniform noise as uint8, a smooth EM-like texture of ``shape`` (z, y, x)."""
+    noise = np.random.default_rng(seed).random(shape).astype(np.float32)
+    blurred = np.stack([cv2.GaussianBlur(plane, (0, 0), 2) for plane in noise])
+    return cv2.normalize(blurred, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+
+
+def levels(layout: PyramidLayout) -> dict[int, np.ndarray]:
+    """Every scale of the test volume, (z, y, x), each the mean of the one below."""
+    data = {0: smooth(tuple(reversed(layout.size)))}
+    for scale in range(1, layout.num_scales):
+        data[scale] = mean2(data[scale - 1])
+    return data
+
+
+def write_volume(root: Path, encoding: str, data: dict[int, np.ndarray], commit: bool = True) -> str:
+    url = f"file://{root}"
+    quality = QUALITY if encoding == "jpeg" else None
+    write_info(url, LAYOUT, encoding, quality)
+    with ThreadPoolExecutor(4) as pool:
+        writer = ShardWriter(url, LAYOUT, encoding, quality, pool)
+        for scale, level in data.items():
+            writer.write(scale, (0, 0, 0), level)
+        if commit:
+            writer.commit()
+    return url
+
+
+def shard_files(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*.shard")}
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 64), (37, 20, 40)])
+def test_jpeg_chunk_is_one_gray_image_x_wide_and_y_times_z_high(shape):
+    chunk = smooth(shape)
+    image = simplejpeg.decode_jpeg(encode_jpeg(chunk, QUALITY), colorspace="GRAY")
+    depth, height, width = shape
+    assert image.shape == (height * depth, width, 1)
+    assert psnr(image.reshape(shape), chunk) >= 35
+
+
+def test_raw_chunk_is_gzipped_voxels_x_fastest():
+    chunk = smooth((37, 20, 40))
+    voxels = gzip.decompress(encode_raw(chunk))
+    assert voxels == chunk.tobytes(order="C")
+    assert voxels == chunk.transpose(2, 1, 0).tobytes(order="F")  # (x, y, z) with x varying fastest
+
+
+def test_raw_chunk_encoding_does_not_depend_on_the_clock():
+    chunk = smooth((64, 64, 64))
+    first = encode_raw(chunk)
+    wait_for_next_second()
+    assert encode_raw(chunk) == first
+
+
+def wait_for_next_second() -> None:
+    """Gzip headers store whole seconds: a re-run within the same second would hide a timestamp."""
+    now = int(time.time())
+    while int(time.time()) == now:
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def volume_levels():
+    return levels(LAYOUT)
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "raw"])
+def test_written_scales_read_back_through_tensorstore(tmp_path, volume_levels, encoding):
+    url = write_volume(tmp_path, encoding, volume_levels)
+    assert LAYOUT.num_scales == 6 and list(LAYOUT.top_scales) == [5]
+    for scale, expected in volume_levels.items():
+        quality = QUALITY if encoding == "jpeg" else None
+        read = writers.open_scale(url, LAYOUT, scale, encoding, quality).read().result().transpose(2, 1, 0)
+        assert read.shape == expected.shape, scale
+        if encoding == "raw":
+            assert np.array_equal(read, expected), scale
+        else:
+            assert psnr(read, expected) >= 35, scale
+            assert np.abs(read[-1].astype(int) - expected[-1]).mean() < 4, scale  # last (short) z chunk
+
+
+def test_shard_files_are_exactly_the_planned_ones(tmp_path, volume_levels):
+    write_volume(tmp_path, "raw", volume_levels)
+    planned = {p for block in LAYOUT.blocks() for p in LAYOUT.block_shard_paths(block)} | set(LAYOUT.top_shard_paths())
+    assert len(LAYOUT.blocks()) == 2 and len(planned) == 2 * 5 + 1
+    assert set(shard_files(tmp_path)) == planned
+
+
+def test_nothing_is_written_before_commit(tmp_path, volume_levels):
+    write_volume(tmp_path, "raw", volume_levels, commit=False)
+    assert (tmp_path / "info").exists()
+    assert shard_files(tmp_path) == {}
+
+
+def test_origin_off_the_chunk_grid_is_refused(tmp_path):
+    write_info(f"file://{tmp_path}", LAYOUT, "raw", None)
+    with ThreadPoolExecutor(1) as pool:
+        writer = ShardWriter(f"file://{tmp_path}", LAYOUT, "raw", None, pool)
+        with pytest.raises(ValueError, match="chunk grid"):
+            writer.write(0, (64, 32, 0), np.zeros((64, 64, 64), np.uint8))
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "raw"])
+def test_rewriting_the_same_data_rewrites_identical_bytes(tmp_path, volume_levels, encoding):
+    write_volume(tmp_path, encoding, volume_levels)
+    before = shard_files(tmp_path)
+    wait_for_next_second()
+    write_volume(tmp_path, encoding, volume_levels)
+    assert shard_files(tmp_path) == before
+
+
+def create_aligned(url: str, shape: tuple[int, int, int], codecs: list[dict] = writers.TMP_CODECS,
+                   chunks: tuple[int, int, int] = writers.ALIGNED_CHUNKS) -> ts.TensorStore:
+    spec = writers.zarr_spec(url, shape, chunks)
+    spec["metadata"]["codecs"] = codecs
+    return ts.open(spec, create=True).result()
+
+
+@pytest.mark.parametrize("codecs, chunks", [
+    ([{"name": "bytes"}, {"name": "zstd", "configuration": {"level": 1}}], writers.ALIGNED_CHUNKS),
+    (writers.TMP_CODECS, (1, 512, 512)),
+])
+def test_aligned_volume_stored_otherwise_is_refused(tmp_path, codecs, chunks):
+    url = f"file://{tmp_path}/aligned"
+    create_aligned(url, (3, 70, 130), codecs, chunks)
+    with pytest.raises(InputError) as refused:
+        writers.open_aligned_tiles(url, (3, 70, 130))
+    assert url in str(refused.value)
+
+
+def test_missing_aligned_tile_is_named(tmp_path):
+    layout = PyramidLayout((130, 70, 5), (0, 0, 0), (8, 8, 8))
+    aligned_url, jpeg_url = f"file://{tmp_path}/aligned", f"file://{tmp_path}/jpeg"
+    create_aligned(aligned_url, (5, 70, 130)).write(smooth((5, 70, 130))).result()
+    missing = writers.zarr_chunk_key((3, 0, 0))
+    (tmp_path / "aligned" / missing).unlink()
+    write_info(jpeg_url, layout, "jpeg", QUALITY)
+    with pytest.raises(FileNotFoundError, match=missing):
+        build.build_block(aligned_url, jpeg_url, None, None, layout, (0, 0, 0), QUALITY)
