@@ -1,10 +1,9 @@
-"""The pyramid's own chunk encoding and shard staging (``pyramid.chunks``), and the aligned-volume checks.
+"""The pyramid's own chunk encoding and shard staging (``pyramid.chunks``).
 
 Covered: JPEG and raw chunk encodings as the precomputed format lays them out; ``ShardWriter`` on a
 1100×70×67 volume (two blocks, one top scale, short chunks at every far edge) read back through
 tensorstore, with exactly the planned shard files, nothing written before commit, and identical
-bytes on a re-run; the refusal of an off-grid origin, of an aligned volume stored otherwise, and of
-a missing aligned tile.
+bytes on a re-run; the refusal of an off-grid origin.
 """
 
 from __future__ import annotations
@@ -19,14 +18,12 @@ import cv2
 import numpy as np
 import pytest
 import simplejpeg
-import tensorstore as ts
 
-from emprocess.pyramid import build, writers
+from emprocess.pyramid import writers
 from emprocess.pyramid.chunks import ShardWriter, encode_jpeg, encode_raw
 from emprocess.pyramid.downsample import mean2
 from emprocess.pyramid.layout import PyramidLayout
 from emprocess.pyramid.meta import write_info
-from emprocess.stages import InputError
 
 QUALITY = 90
 LAYOUT = PyramidLayout((1100, 70, 67), (0, 0, 3), (8, 8, 8))
@@ -147,33 +144,3 @@ def test_rewriting_the_same_data_rewrites_identical_bytes(tmp_path, volume_level
     wait_for_next_second()
     write_volume(tmp_path, encoding, volume_levels)
     assert shard_files(tmp_path) == before
-
-
-def create_aligned(url: str, shape: tuple[int, int, int], codecs: list[dict] = writers.TMP_CODECS,
-                   chunks: tuple[int, int, int] = writers.ALIGNED_CHUNKS) -> ts.TensorStore:
-    spec = writers.zarr_spec(url, shape, chunks)
-    spec["metadata"]["codecs"] = codecs
-    return ts.open(spec, create=True).result()
-
-
-@pytest.mark.parametrize("codecs, chunks", [
-    ([{"name": "bytes"}, {"name": "zstd", "configuration": {"level": 1}}], writers.ALIGNED_CHUNKS),
-    (writers.TMP_CODECS, (1, 512, 512)),
-])
-def test_aligned_volume_stored_otherwise_is_refused(tmp_path, codecs, chunks):
-    url = f"file://{tmp_path}/aligned"
-    create_aligned(url, (3, 70, 130), codecs, chunks)
-    with pytest.raises(InputError) as refused:
-        writers.open_aligned_tiles(url, (3, 70, 130))
-    assert url in str(refused.value)
-
-
-def test_missing_aligned_tile_is_named(tmp_path):
-    layout = PyramidLayout((130, 70, 5), (0, 0, 0), (8, 8, 8))
-    aligned_url, jpeg_url = f"file://{tmp_path}/aligned", f"file://{tmp_path}/jpeg"
-    create_aligned(aligned_url, (5, 70, 130)).write(smooth((5, 70, 130))).result()
-    missing = writers.zarr_chunk_key((3, 0, 0))
-    (tmp_path / "aligned" / missing).unlink()
-    write_info(jpeg_url, layout, "jpeg", QUALITY)
-    with pytest.raises(FileNotFoundError, match=missing):
-        build.build_block(aligned_url, jpeg_url, None, None, layout, (0, 0, 0), QUALITY)

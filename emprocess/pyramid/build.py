@@ -20,7 +20,7 @@ import tensorstore as ts
 from emprocess.pyramid.chunks import ENCODE_THREADS, ShardWriter
 from emprocess.pyramid.downsample import mean2
 from emprocess.pyramid.layout import CHUNK, Box, PyramidLayout
-from emprocess.pyramid.writers import ALIGNED_CHUNKS, SEED_CHUNKS, open_aligned_tiles, open_zarr, zarr_chunk_key, zyx
+from emprocess.pyramid.writers import ALIGNED_CHUNKS, SEED_CHUNKS, open_zarr, zyx
 
 SLAB = CHUNK  # scale-0 slices per read; a multiple of 16, so each block scale gets whole slices
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
@@ -35,37 +35,26 @@ def release_memory() -> None:
         trim(0)
 
 
-def _slabs(tiles: ts.KvStore, box: Box) -> Iterator[tuple[int, np.ndarray]]:
-    """(first z, (z, y, x) data) of each slab of ``box`` (scale 0 of one block: one tile per slice),
-    reading the next slab while one is used. Two slab buffers take turns (a slab is valid until the
-    next one is yielded): fresh 64 MB arrays cost as much in page faults as copying into them."""
+def _slabs(aligned: ts.TensorStore, box: Box) -> Iterator[tuple[int, np.ndarray]]:
+    """(first z, (z, y, x) data) of each slab of ``box``, reading the next slab while one is used.
+    Tensorstore reads straight into two slab buffers that take turns (a slab is valid until the next
+    one is yielded): fresh arrays, or reading the tiles as bytes, cost more than the copy itself."""
     (x0, y0, z0), (x1, y1, z1) = box
-    _, tile_height, tile_width = ALIGNED_CHUNKS
-    if x0 % tile_width or y0 % tile_height:
-        raise ValueError(f"box {box} does not start on an aligned tile")
-    tile_y, tile_x = y0 // tile_height, x0 // tile_width
     buffers = [np.empty((min(SLAB, z1 - z0), y1 - y0, x1 - x0), np.uint8) for _ in range(2)]
 
-    def read(start: int) -> list[tuple[str, ts.Future]]:
-        keys = [zarr_chunk_key((z, tile_y, tile_x)) for z in range(start, min(start + SLAB, z1))]
-        return [(key, tiles.read(key)) for key in keys]
-
-    def assemble(reads: list[tuple[str, ts.Future]], slab: np.ndarray) -> np.ndarray:
-        for plane, (key, pending) in zip(slab, reads):
-            result = pending.result()
-            if result.state != "value":
-                raise FileNotFoundError(f"aligned tile {key} is missing: run align.warp for its slice")
-            tile = np.frombuffer(result.value, np.uint8).reshape(tile_height, tile_width)
-            plane[...] = tile[:y1 - y0, :x1 - x0]
-        return slab[:len(reads)]
+    def read(i: int, z: int) -> tuple[np.ndarray, ts.WriteFutures]:
+        slab = buffers[i % 2][:min(SLAB, z1 - z)]
+        target = ts.array(slab, copy=False, write=True)
+        return slab, target.write(aligned[z:z + len(slab), y0:y1, x0:x1])
 
     starts = list(range(z0, z1, SLAB))
-    pending = read(starts[0])
+    pending = read(0, starts[0])
     for i, z in enumerate(starts):
-        data = assemble(pending, buffers[i % 2])
+        slab, reading = pending
+        reading.result()
         if i + 1 < len(starts):
-            pending = read(starts[i + 1])
-        yield z, data
+            pending = read(i + 1, starts[i + 1])
+        yield z, slab
 
 
 def _write_volume(writer: ShardWriter, boxes: dict[int, Box], slabs: Iterator[tuple[int, np.ndarray]] | None,
@@ -88,12 +77,12 @@ def build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: 
     Order: JPEG (all scales, computing the coarse ones on the way), the seed, raw coarse scales,
     then raw scale 0 alone, so the largest transaction never shares memory with the coarse scales."""
     boxes = {s: layout.block_box(block, s) for s in layout.block_scales}
-    tiles = open_aligned_tiles(aligned_url, zyx(layout.size))
+    aligned = open_zarr(aligned_url, zyx(layout.size), ALIGNED_CHUNKS, create=False)
     coarse = {s: np.empty([e - b for b, e in zip(*boxes[s])][::-1], np.uint8) for s in boxes if s > 0}
     block_z0 = boxes[0][0][2]
 
     def first_pass() -> Iterator[tuple[int, np.ndarray]]:
-        for z, data in _slabs(tiles, boxes[0]):
+        for z, data in _slabs(aligned, boxes[0]):
             yield z, data
             level = data
             for scale, target in coarse.items():
@@ -111,7 +100,7 @@ def build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: 
         if raw_url is not None:
             _write_volume(ShardWriter(raw_url, layout, "raw", None, pool), boxes, None, coarse)
             coarse.clear()
-            _write_volume(ShardWriter(raw_url, layout, "raw", None, pool), boxes, _slabs(tiles, boxes[0]), {})
+            _write_volume(ShardWriter(raw_url, layout, "raw", None, pool), boxes, _slabs(aligned, boxes[0]), {})
 
 
 def build_top(seed_url: str, jpeg_url: str, raw_url: str | None, layout: PyramidLayout, jpeg_quality: int) -> None:

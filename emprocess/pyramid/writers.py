@@ -70,20 +70,6 @@ def open_zarr(url: str, shape: tuple[int, int, int], chunks: tuple[int, int, int
     return volume
 
 
-def open_aligned_tiles(url: str, shape: tuple[int, int, int]) -> ts.KvStore:
-    """The aligned volume's chunk files, one 1024² tile of one slice each, for reading as bytes.
-
-    The pyramid reads whole tiles, which in this volume's format (zarr v3, ``bytes`` codec only,
-    uint8) are their voxels as stored, so it skips the zarr driver's decode-and-copy, which cost
-    0.6 CPU-s per GB, a tenth of a block's work. A volume stored otherwise is refused."""
-    volume = open_zarr(url, shape, ALIGNED_CHUNKS, create=False)
-    codecs, chunks = volume.codec.to_json().get("codecs"), tuple(volume.chunk_layout.read_chunk.shape)
-    if codecs != TMP_CODECS or chunks != ALIGNED_CHUNKS:
-        raise InputError(f"{url}: stored with codecs {codecs} in {chunks} chunks, expected {TMP_CODECS} in "
-                         f"{ALIGNED_CHUNKS}; run align.warp again to rewrite it")
-    return volume.kvstore
-
-
 def scale_spec(url: str, layout: PyramidLayout, scale: int, encoding: str, jpeg_quality: int | None) -> dict:
     entry = layout.scale_info(scale, encoding, jpeg_quality)
     entry["chunk_size"] = entry.pop("chunk_sizes")[0]
