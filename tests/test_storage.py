@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import tensorstore as ts
 
 from emprocess import storage
+from emprocess.pyramid.chunks import ShardWriter
+from emprocess.pyramid.layout import PyramidLayout
+from emprocess.pyramid.meta import write_info
+from emprocess.pyramid.writers import open_scale
 from emprocess.storage import RunLocations, StorageError, Url
 
 BACKENDS = ["file", "s3", "gs"]
@@ -144,6 +150,23 @@ def test_zarr3_volume_round_trip(base):
     assert np.array_equal(ts.open(spec, context=ts.Context()).result().read().result(), expected)
     assert "zarr.json" in storage.listdir(url)
     assert len(storage.listdir(url)) == 1 + 3 * 2 * 3  # metadata + one object per chunk
+
+
+def test_sharded_pyramid_scale_round_trip(base):
+    """The pyramid's shard files (tensorstore's sharded kvstore over each backend) read back through
+    the precomputed driver, as neuroglancer and CloudVolume read them."""
+    layout = PyramidLayout((130, 70, 67), (0, 0, 3), (8, 8, 8))
+    url = storage.join(base, "neuroglancer", "raw")
+    write_info(url, layout, "raw", None)
+    expected = np.random.default_rng(2).integers(0, 255, (67, 70, 130), dtype=np.uint8)
+    with ThreadPoolExecutor(2) as pool:
+        writer = ShardWriter(url, layout, "raw", None, pool)
+        writer.write(0, (0, 0, 0), expected)
+        writer.commit()
+    shards = [path for path in storage.listdir(url) if path.endswith(".shard")]
+    assert shards == layout.block_shard_paths((0, 0, 0))[:1]
+    read = open_scale(url, layout, 0, "raw").read().result()
+    assert np.array_equal(read.transpose(2, 1, 0), expected)
 
 
 # --- parsing --------------------------------------------------------------------------------------------------
