@@ -1,6 +1,6 @@
 """Building the pyramid: one 1024³ block's scales 0–4, then the scales above from the block seeds.
 
-Memory for a full block stays near 2 GB: the block is streamed from the aligned volume in 64-slice
+Memory for a full block stays near 1.1 GB: the block is streamed from the aligned volume in 64-slice
 slabs whose chunks are encoded as they arrive into a transaction that holds one volume's encoded
 shards until it is committed, so the JPEG and raw volumes are written one after the other (the raw
 pass reads the slabs again) and the coarser scales (1/7 of the block) are kept in memory between
@@ -9,8 +9,6 @@ the passes. Every coarser scale is the 2×2×2 mean of the exact scale below it,
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
@@ -23,16 +21,6 @@ from emprocess.pyramid.layout import CHUNK, Box, PyramidLayout
 from emprocess.pyramid.writers import ALIGNED_CHUNKS, SEED_CHUNKS, open_zarr, zyx
 
 SLAB = CHUNK  # scale-0 slices per read; a multiple of 16, so each block scale gets whole slices
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
-
-
-def release_memory() -> None:
-    """Return freed heap pages to the OS. glibc keeps a committed transaction's buffers in its
-    per-thread arenas, where the next pass does not reuse them: without this the raw pass stacks on
-    the JPEG pass."""
-    trim = getattr(_LIBC, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
 
 
 def _slabs(aligned: ts.TensorStore, box: Box) -> Iterator[tuple[int, np.ndarray]]:
@@ -67,7 +55,6 @@ def _write_volume(writer: ShardWriter, boxes: dict[int, Box], slabs: Iterator[tu
     for scale, data in coarse.items():
         writer.write(scale, boxes[scale][0], data)
     writer.commit()
-    release_memory()
 
 
 def build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: str | None, layout: PyramidLayout,
