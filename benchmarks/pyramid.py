@@ -260,7 +260,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--depth", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement (least CPU kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each measurement (least CPU kept)")
     parser.add_argument("--full-block", action="store_true", help="also measure a full 1024³ block's peak RSS")
     parser.add_argument("--big-slice", type=int, metavar="N", help="also warp one N×N 16-bit slice")
     args = parser.parse_args()
