@@ -1,7 +1,7 @@
 """Encoding a scale's 64³ chunks and staging them in its shard files.
 
 The chunks are encoded here rather than by tensorstore's ``neuroglancer_precomputed`` driver, whose
-encoders bound the block work: simplejpeg (libjpeg-turbo) encodes JPEG chunks ~1.6× faster per core,
+encoders bound the block work: simplejpeg (libjpeg-turbo) encodes JPEG chunks ~1.5× faster per core,
 and ISA-L gzips raw chunks at level 1 ~10× faster than the driver's zlib (noisy EM keeps ~80% of its
 bytes at any level). Tensorstore still writes the shard files: the encoded chunks go through its
 ``neuroglancer_uint64_sharded`` kvstore (see ``writers.open_shards``). Encoding runs on a thread
