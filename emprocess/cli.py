@@ -62,6 +62,7 @@ def cmd_run(args) -> int:
 def cmd_demo(args) -> int:
     """The sample through the image run, then its cells through a ChunkedGraph-only run."""
     from emprocess import storage
+    from emprocess.align import transforms_url
     from emprocess.sample import write_sample, write_sample_segmentation
     from emprocess.stages import RunContext
 
@@ -71,8 +72,7 @@ def cmd_demo(args) -> int:
     image_run = _run(conf, args.width, None)
     if image_run is None:
         return 1
-    transforms = storage.read_json(storage.join(RunContext.create(conf, image_run).locations.process, "align",
-                                                "transforms.json"))
+    transforms = storage.read_json(transforms_url(RunContext.create(conf, image_run).locations.process))
     segmentation = write_sample_segmentation(out / "sample", transforms, out / "sample_segmentation")
     print(f"sample supervoxels in the aligned frame: {segmentation['watershed']}; building their ChunkedGraph",
           flush=True)

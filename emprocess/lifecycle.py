@@ -10,6 +10,7 @@ import datetime
 from importlib.metadata import PackageNotFoundError, version
 
 from emprocess import __version__, storage
+from emprocess.align import transforms_url
 from emprocess.stages import RunContext
 
 TMP_LIFETIME_DAYS = 7
@@ -63,8 +64,7 @@ def publish(ctx: RunContext) -> dict:
             "raw": ctx.locations.raw if ctx.wants("pyramid") and ctx.conf.createRawPyramid else None,
             "segmentation": ctx.locations.segmentation if ctx.wants("chunkedgraph") else None,
             "chunkedgraph": ctx.locations.chunkedgraph if ctx.wants("chunkedgraph") else None,
-            "transforms": (storage.join(ctx.locations.process, "align", "transforms.json")
-                           if ctx.wants("align") else None),
+            "transforms": transforms_url(ctx.locations.process) if ctx.wants("align") else None,
         },
     }
     storage.write_json(storage.join(ctx.locations.process, "complete.json"), complete)

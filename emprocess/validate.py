@@ -13,6 +13,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from emprocess import storage
+from emprocess.align import transforms_url
 from emprocess.config import ConfError
 from emprocess.stages import InputError, RunContext
 
@@ -79,7 +80,7 @@ def check_reused_alignment(ctx: RunContext) -> None:
     reuse = ctx.conf.reuse_alignment
     if reuse is None:
         return
-    url = storage.join(storage.run_locations(ctx.conf.source, run_key(reuse)).process, "align", "transforms.json")
+    url = transforms_url(storage.run_locations(ctx.conf.source, run_key(reuse)).process)
     if not storage.exists(url):
         raise ConfError(f"'reuse_alignment': run {reuse!r} has no transforms at {url}")
 

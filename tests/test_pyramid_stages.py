@@ -19,6 +19,7 @@ import tensorstore as ts
 from cloudvolume import CloudVolume
 
 from emprocess import storage
+from emprocess.align import transforms_url
 from emprocess.pyramid import stages as pyramid
 from emprocess.pyramid.downsample import mean2
 from emprocess.pyramid.writers import ALIGNED_CHUNKS, open_scale, open_zarr
@@ -47,7 +48,7 @@ def make_run(tmp: Path, slices: np.ndarray, minz: int, **conf) -> RunContext:
     ctx = RunContext.create({"id": "t", "image": "img%03d.png", "minz": minz, "maxz": maxz,
                              "source": f"file://{src}", **conf}, "test-run")
     zs = range(minz, maxz + 1)
-    storage.write_json(pyramid.transforms_url(ctx), {
+    storage.write_json(transforms_url(ctx.locations.process), {
         "minz": minz, "maxz": maxz, "width": width, "height": height,
         "transforms": {str(z): IDENTITY for z in zs}, "source_sizes": {str(z): [width, height] for z in zs}})
     return ctx

@@ -5,3 +5,11 @@ Modules: ``images`` (slice reading, header-only sizes), ``features`` (tiled SIFT
 registration with retries), ``compose`` (model choice, composition, bounding box), ``collect``
 (writes ``align/transforms.json``, ``.csv`` and ``pairs.json``) and ``stages`` (the plan/work stages).
 """
+
+from emprocess import storage
+
+
+def transforms_url(process: str) -> str:
+    """The per-slice transforms of the run whose process location is ``process``: what ALIGN hands
+    every later stage."""
+    return storage.join(process, "align", "transforms.json")

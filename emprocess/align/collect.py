@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from emprocess import storage
+from emprocess.align import transforms_url
 from emprocess.align.compose import NEGLIGIBLE_PX, choose, compose, frame
 from emprocess.align.images import image_size
 from emprocess.stages import InputError
@@ -46,13 +47,13 @@ def collect(payload: dict) -> dict:
         transforms, pairs = _pairwise(payload["pairs"], minz, maxz)
     storage.write_json(storage.join(folder, "pairs.json"), pairs)
     storage.write(storage.join(folder, "transforms.csv"), _csv(transforms).encode())
-    storage.write_json(storage.join(folder, "transforms.json"), transforms)
+    storage.write_json(transforms_url(payload["process"]), transforms)
     return {
         "mode": pairs["mode"],
         "width": transforms["width"],
         "height": transforms["height"],
         "fallbacks": pairs["fallbacks"],
-        "transforms": storage.join(folder, "transforms.json"),
+        "transforms": transforms_url(payload["process"]),
     }
 
 
@@ -94,7 +95,7 @@ def _identity(payload: dict, minz: int, maxz: int) -> tuple[dict, dict]:
 
 
 def _reused(process: str, minz: int, maxz: int) -> tuple[dict, dict]:
-    url = storage.join(process, "align", "transforms.json")
+    url = transforms_url(process)
     reused = storage.read_json(url)
     if not (reused["minz"] <= minz and maxz <= reused["maxz"]):
         raise InputError(f"{url}: covers slices {reused['minz']}..{reused['maxz']}, this run needs {minz}..{maxz}")

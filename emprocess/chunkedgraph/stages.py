@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import partial
 
 from emprocess import storage
+from emprocess.align import transforms_url
 from emprocess.batch import stage_status
 from emprocess.chunkedgraph.flatten import flatten_chunk
 from emprocess.chunkedgraph.ids import MAX_LAYERS
@@ -46,7 +47,7 @@ def plan_meta(ctx: RunContext) -> list[MiniTask]:
         "agglomeration": segmentation.agglomeration,
         "chunk_size": list(segmentation.chunk_size),
         "test": segmentation.test,
-        "transforms": storage.join(ctx.locations.process, "align", "transforms.json"),
+        "transforms": transforms_url(ctx.locations.process),
         "require_transforms": ctx.wants("align") or ctx.wants("pyramid"),
     }
     return [{"key": "meta", "payload": payload}]

@@ -37,10 +37,11 @@ def write_provenance(url: str, description: str, sources: list[str], owners: lis
     old = storage.read_if_exists(prov_url)
     if old is not None:
         try:
-            old_date = json.loads(old)["processing"][0]["date"]
+            old_doc = json.loads(old)
+            old_date = old_doc["processing"][0]["date"]
         except (ValueError, KeyError, IndexError, TypeError):
             old_date = None
-        if old_date is not None and json.loads(old) == provenance(description, sources, owners, method, old_date):
+        if old_date is not None and old_doc == provenance(description, sources, owners, method, old_date):
             date = old_date
     storage.write_json(prov_url, provenance(description, sources, owners, method, date))
     return prov_url

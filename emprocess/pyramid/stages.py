@@ -19,6 +19,7 @@ where layout = {size: [x, y, z], voxel_offset: [0, 0, minz], resolution: [x, y, 
 from __future__ import annotations
 
 from emprocess import storage
+from emprocess.align import transforms_url
 from emprocess.pyramid.aligned import warp_outputs, write_aligned_slice
 from emprocess.pyramid.build import build_block, build_top
 from emprocess.pyramid.intensity import sample_slices
@@ -26,10 +27,6 @@ from emprocess.pyramid.layout import PyramidLayout
 from emprocess.pyramid.meta import write_info, write_provenance
 from emprocess.pyramid.writers import SEED_CHUNKS, zarr_chunk_key
 from emprocess.stages import InputError, MiniTask, RunContext, Stage
-
-
-def transforms_url(ctx: RunContext) -> str:
-    return storage.join(ctx.locations.process, "align", "transforms.json")
 
 
 def thumbnail_url(ctx: RunContext, z: int) -> str:
@@ -46,7 +43,7 @@ def seed_url(ctx: RunContext) -> str:
 
 
 def read_transforms(ctx: RunContext) -> dict:
-    url = transforms_url(ctx)
+    url = transforms_url(ctx.locations.process)
     transforms = storage.read_json(url)
     conf = ctx.conf
     if (transforms.get("minz"), transforms.get("maxz")) != (conf.minz, conf.maxz):
@@ -58,15 +55,11 @@ def read_transforms(ctx: RunContext) -> dict:
     return transforms
 
 
-def layout_of(ctx: RunContext, transforms: dict) -> PyramidLayout:
-    conf = ctx.conf
+def run_layout(ctx: RunContext) -> PyramidLayout:
+    """The run's pyramid layout: the aligned frame from the transforms, the conf's slices and resolution."""
+    transforms, conf = read_transforms(ctx), ctx.conf
     size = (transforms["width"], transforms["height"], conf.maxz - conf.minz + 1)
     return PyramidLayout(size, (0, 0, conf.minz), tuple(conf.resolution_xyz))
-
-
-def run_layout(ctx: RunContext) -> PyramidLayout:
-    """The run's pyramid layout (for callers that print or open the pyramid)."""
-    return layout_of(ctx, read_transforms(ctx))
 
 
 def _raw_url(ctx: RunContext) -> str | None:
@@ -84,7 +77,7 @@ def plan_warp(ctx: RunContext) -> list[MiniTask]:
     tasks = []
     for z in conf.z_range:
         if str(z) not in transforms.get("transforms", {}):
-            raise InputError(f"{transforms_url(ctx)}: no transform for slice {z}")
+            raise InputError(f"{transforms_url(ctx.locations.process)}: no transform for slice {z}")
         tasks.append({"key": f"{z:08d}", "payload": {
             "z": z,
             "slice": conf.slice_url(z),
@@ -116,7 +109,7 @@ def plan_meta(ctx: RunContext) -> list[MiniTask]:
     return [{"key": "info", "payload": {
         "jpeg": ctx.locations.jpeg,
         "raw": _raw_url(ctx),
-        "layout": layout_of(ctx, read_transforms(ctx)).to_json(),
+        "layout": run_layout(ctx).to_json(),
         "jpeg_quality": conf.jpeg_quality,
         "provenance": {
             "description": f"{conf.id}: aligned EM stack, slices {conf.minz}..{conf.maxz}",
@@ -153,7 +146,7 @@ def _volumes(payload: dict) -> list[tuple[str, str]]:
 def plan_shard(ctx: RunContext) -> list[MiniTask]:
     if not ctx.wants("pyramid"):
         return []
-    layout = layout_of(ctx, read_transforms(ctx))
+    layout = run_layout(ctx)
     seed = seed_url(ctx) if layout.top_scales else None
     return [{"key": f"x{i}_y{j}_z{k}", "payload": {
         "block": [i, j, k],
@@ -193,7 +186,7 @@ def shard_outputs(payload: dict) -> list[str]:
 def plan_top(ctx: RunContext) -> list[MiniTask]:
     if not ctx.wants("pyramid"):
         return []
-    layout = layout_of(ctx, read_transforms(ctx))
+    layout = run_layout(ctx)
     if not layout.top_scales:
         return []
     return [{"key": "top", "payload": {

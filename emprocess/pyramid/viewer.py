@@ -12,8 +12,9 @@ from urllib.parse import quote
 DEFAULT_VIEWER = "https://neuroglancer-demo.appspot.com/"
 
 
-def neuroglancer_url(jpeg_url_http: str | None, raw_url_http: str | None = None, segmentation_url_http: str | None = None,
-                     *, position: tuple[float, float, float] | None = None, viewer: str = DEFAULT_VIEWER) -> str:
+def neuroglancer_url(jpeg_url_http: str | None, raw_url_http: str | None = None,
+                     segmentation_url_http: str | None = None, *,
+                     position: tuple[float, float, float] | None = None, viewer: str = DEFAULT_VIEWER) -> str:
     """The viewer URL showing the JPEG pyramid (and the raw volume, hidden, and the root-ID
     segmentation, when given).
 

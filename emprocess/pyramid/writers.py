@@ -82,13 +82,11 @@ def scale_spec(url: str, layout: PyramidLayout, scale: int, encoding: str, jpeg_
     }
 
 
-def open_scale(url: str, layout: PyramidLayout, scale: int, encoding: str, jpeg_quality: int | None = None,
-               transaction: ts.Transaction | None = None) -> ts.TensorStore:
+def open_scale(url: str, layout: PyramidLayout, scale: int, encoding: str,
+               jpeg_quality: int | None = None) -> ts.TensorStore:
     """Scale ``scale`` of the precomputed volume at ``url`` as an (x, y, z) view whose origin is the
     volume's ``voxel_offset`` (channel dropped)."""
     volume = _open(scale_spec(url, layout, scale, encoding, jpeg_quality), url, open=True)
-    if transaction is not None:
-        volume = volume.with_transaction(transaction)
     return volume[ts.d["channel"][0]].translate_to[0, 0, 0]
 
 
@@ -108,4 +106,3 @@ def open_shards(url: str, layout: PyramidLayout, scale: int, encoding: str, jpeg
 def zyx(xyz) -> tuple[int, int, int]:
     x, y, z = xyz
     return z, y, x
-
