@@ -288,7 +288,8 @@ def main() -> None:
         print(f"  JPEG floor: {encoder}, 64³ chunks, 1 thread     {floor:6.1f} MB/s per core")
 
         for phase in ("cold", "warm"):
-            (ours_cpu, ours_core), (theirs_cpu, theirs_core) = rates(ours[phase], megabytes), rates(theirs[phase], megabytes)
+            ours_cpu, ours_core = rates(ours[phase], megabytes)
+            theirs_cpu, theirs_core = rates(theirs[phase], megabytes)
             print(f"{phase}: ratio to CloudVolume + igneous  {ours_cpu / theirs_cpu:5.2f}× per CPU-s, "
                   f"{ours_core / theirs_core:5.2f}× per core (wall)   target ≥ 3×")
             print(f"{phase}: share of the JPEG floor         {ours_cpu / floor:5.0%} per CPU-s, "
