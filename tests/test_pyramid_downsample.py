@@ -9,11 +9,11 @@ from emprocess.pyramid.downsample import mean2
 
 
 def reference_mean2(volume: np.ndarray) -> np.ndarray:
-    """Voxel by voxel: the rounded-half-up mean of the inputs inside each 2×2×2 footprint."""
+    """Voxel by voxel: the rounded-down mean of the inputs inside each 2×2×2 footprint."""
     out = np.zeros(tuple((n + 1) // 2 for n in volume.shape), np.uint8)
     for z, y, x in np.ndindex(out.shape):
         cell = volume[2 * z:2 * z + 2, 2 * y:2 * y + 2, 2 * x:2 * x + 2].astype(np.int64)
-        out[z, y, x] = (cell.sum() * 2 + cell.size) // (2 * cell.size)
+        out[z, y, x] = cell.sum() // cell.size
     return out
 
 
@@ -23,10 +23,11 @@ def test_matches_the_voxel_by_voxel_mean(shape):
     assert np.array_equal(mean2(volume), reference_mean2(volume))
 
 
-def test_rounds_half_up_and_keeps_constants():
+def test_rounds_down_and_keeps_constants():
     volume = np.zeros((2, 2, 2), np.uint8)
-    volume[1] = 1  # mean 0.5
-    assert mean2(volume)[0, 0, 0] == 1
+    volume[1] = 1
+    volume[0, 0, 0] = 3  # mean 7/8
+    assert mean2(volume)[0, 0, 0] == 0
     assert np.all(mean2(np.full((7, 5, 3), 200, np.uint8)) == 200)
     assert np.all(mean2(np.full((2, 2, 2), 255, np.uint8)) == 255)
 
