@@ -18,6 +18,7 @@ import tensorstore as ts
 from emprocess.pyramid.chunks import ENCODE_THREADS, ShardWriter
 from emprocess.pyramid.downsample import mean2
 from emprocess.pyramid.layout import CHUNK, Box, PyramidLayout
+from emprocess.pyramid.memory import keep_freed_memory
 from emprocess.pyramid.writers import ALIGNED_CHUNKS, SEED_CHUNKS, open_zarr, zyx
 
 SLAB = CHUNK  # scale-0 slices per read; a multiple of 16, so each block scale gets whole slices
@@ -63,6 +64,7 @@ def build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: 
 
     Order: JPEG (all scales, computing the coarse ones on the way), the seed, raw coarse scales,
     then raw scale 0 alone, so the largest transaction never shares memory with the coarse scales."""
+    keep_freed_memory()
     boxes = {s: layout.block_box(block, s) for s in layout.block_scales}
     aligned = open_zarr(aligned_url, zyx(layout.size), ALIGNED_CHUNKS, create=False)
     coarse = {s: np.empty([e - b for b, e in zip(*boxes[s])][::-1], np.uint8) for s in boxes if s > 0}
