@@ -8,9 +8,9 @@ prints from one run:
 * CloudVolume writing the same volume (JPEG, 64³ chunks, quality set explicitly) plus igneous
   2×2×2 downsampling (unsharded: that is what that pipeline produces), and the ratio;
 * a JPEG-encode floor: every 64³ chunk of scale 0, already gathered into contiguous arrays, through
-  the fastest installed encoder (simplejpeg, OpenCV, imagecodecs), one thread; and, for reference,
-  tensorstore's precomputed driver encoding scale 0 alone into memory (why the pipeline encodes its
-  chunks itself);
+  the fastest installed encoder (simplejpeg, OpenCV, imagecodecs), one thread, CPU time; and, for
+  reference, tensorstore's precomputed driver encoding scale 0 alone into memory (why the pipeline
+  encodes its chunks itself);
 * with ``--full-block``, the peak RSS of the work on a full 1024³ block;
 * with ``--big-slice N``, time and peak RSS of the ``align.warp`` work on one N×N 16-bit slice
   (target: 20k×20k within 4 GB).
@@ -20,6 +20,10 @@ threads and connections start), "warm" its second, as a worker sees each block a
 run's blocks are many per worker). "Per core" is given two ways: input MB per CPU-second (CPU time
 of the process and its children; the fair figure on a shared box) and input MB/s of wall time
 divided by the cores the pipeline may use.
+
+This box's speed drifts by ±15% over minutes, so the share of the floor is not the best run over the
+best floor measured at another time: each JPEG-only process measures the floor right after its two
+runs, and the share printed is the median over the processes of each run against its own floor.
 
 Targets (issue 4): ≥ 3× CloudVolume + igneous, ≥ 60% of the JPEG floor, peak RSS ≤ 2.5 GB per block.
 """
@@ -35,7 +39,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
+from statistics import median
 
 import cv2
 import numpy as np
@@ -76,14 +82,18 @@ def build_aligned(url: str, depth: int) -> None:
 
 def shard_payload(work: Path, depth: int, raw: bool) -> dict:
     layout = PyramidLayout((SIDE, SIDE, depth), (0, 0, 0), (8.0, 8.0, 8.0))
-    jpeg_url = f"file://{work}/ours/jpeg"
-    raw_url = f"file://{work}/ours/raw" if raw else None
+    return {"block": [0, 0, 0], "aligned": f"file://{work}/aligned", "jpeg": f"file://{work}/ours/jpeg",
+            "raw": f"file://{work}/ours/raw" if raw else None, "seed": None, "layout": layout.to_json(),
+            "jpeg_quality": QUALITY}
+
+
+def clear_shard_output(work: Path, payload: dict) -> None:
+    """An empty output with its infos, as ``pyramid.meta`` leaves it for the blocks."""
     shutil.rmtree(work / "ours", ignore_errors=True)
-    write_info(jpeg_url, layout, "jpeg", QUALITY)
-    if raw_url:
-        write_info(raw_url, layout, "raw", None)
-    return {"block": [0, 0, 0], "aligned": f"file://{work}/aligned", "jpeg": jpeg_url, "raw": raw_url, "seed": None,
-            "layout": layout.to_json(), "jpeg_quality": QUALITY}
+    layout = PyramidLayout.from_json(payload["layout"])
+    write_info(payload["jpeg"], layout, "jpeg", QUALITY)
+    if payload["raw"]:
+        write_info(payload["raw"], layout, "raw", None)
 
 
 def best(runs: list[dict]) -> dict:
@@ -92,14 +102,21 @@ def best(runs: list[dict]) -> dict:
     return dict(min(runs, key=lambda r: r["cpu"]), peak_rss=max(r["peak_rss"] for r in runs))
 
 
-def run_child(mode: str, argument: dict, repeats: int) -> dict:
-    """``mode`` in a fresh process each time, so its CPU time and peak RSS are its own; the best of
-    ``repeats`` runs (of each of the cold and warm runs, for the pipelines that have both)."""
+def run_children(mode: str, argument: dict, repeats: int) -> list[dict]:
+    """What ``mode`` returns, from ``repeats`` fresh processes (so CPU time and peak RSS are each
+    run's own)."""
     runs = []
     for _ in range(repeats):
         out = subprocess.run([sys.executable, __file__, mode, json.dumps(argument)], check=True,
                              capture_output=True, text=True)
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return runs
+
+
+def run_child(mode: str, argument: dict, repeats: int) -> dict:
+    """The best of ``repeats`` fresh processes (of each of the cold and warm runs, for the pipelines
+    that have both)."""
+    runs = run_children(mode, argument, repeats)
     if "cold" in runs[0]:
         return {phase: best([r[phase] for r in runs]) for phase in ("cold", "warm")}
     return best(runs)
@@ -118,18 +135,34 @@ def measured(run) -> dict:
     return {"wall": wall, "cpu": used, "peak_rss": peak * 1024, **extra}
 
 
-def cold_and_warm(run, cores: int) -> dict:
+def cold_and_warm(run, cores: int, clear) -> dict:
     """``run()`` twice in this process: cold (a fresh process, every buffer faulted in anew) and warm
-    (memory, threads and caches reused), as a worker that runs a volume's many blocks sees them."""
-    cold = {**measured(run), "cores": cores}
-    return {"cold": cold, "warm": {**measured(run), "cores": cores}}
+    (memory, threads and caches reused), as a worker that runs a volume's many blocks sees them.
+    Each run writes into an output emptied by ``clear()`` (not timed), as a run's blocks write new
+    files: replacing the last run's files would add deleting them to the time."""
+    phases = {}
+    for phase in ("cold", "warm"):
+        clear()
+        phases[phase] = {**measured(run), "cores": cores}
+    return phases
 
 
-def shard_child(payload: dict) -> dict:
+def shard_child(job: dict) -> dict:
+    """The block work cold and warm; with ``floor``, then the JPEG floor in this same process, on
+    the block's volume (after the runs, so it adds nothing to their peak RSS)."""
+    work = Path(job["work"])
+    payload = shard_payload(work, job["depth"], job["raw"])
+
     def run() -> None:
         write_shard(payload)
 
-    return cold_and_warm(run, CORES)
+    result = cold_and_warm(run, CORES, lambda: clear_shard_output(work, payload))
+    if job["floor"]:
+        volume = open_zarr(payload["aligned"], (job["depth"], SIDE, SIDE), ALIGNED_CHUNKS, create=False)
+        rates = jpeg_floor_rates(volume.read().result())
+        fastest = max(rates, key=rates.get)
+        result["floor"] = {"encoder": fastest, "rate": rates[fastest]}
+    return result
 
 
 def cloudvolume_child(job: dict) -> dict:
@@ -146,7 +179,6 @@ def cloudvolume_child(job: dict) -> dict:
     xyz = np.ascontiguousarray(volume.transpose(2, 1, 0))
     del volume
     path = f"file://{work}/cloudvolume"
-    shutil.rmtree(work / "cloudvolume", ignore_errors=True)
     info = CloudVolume.create_new_info(
         num_channels=1, layer_type="image", data_type="uint8", encoding="jpeg", resolution=[8, 8, 8],
         voxel_offset=[0, 0, 0], volume_size=[SIDE, SIDE, depth], chunk_size=[64, 64, 64])
@@ -164,12 +196,11 @@ def cloudvolume_child(job: dict) -> dict:
             raise RuntimeError("CloudVolume/igneous did not keep the JPEG quality")
         return {"scales": len(written)}
 
-    return cold_and_warm(run, 1)
+    return cold_and_warm(run, 1, lambda: shutil.rmtree(work / "cloudvolume", ignore_errors=True))
 
 
-def jpeg_floor(volume: np.ndarray, repeats: int) -> tuple[str, float]:
-    """(encoder, MB/s on one thread) of the fastest installed encoder over every 64³ chunk (best of
-    ``repeats``)."""
+def jpeg_floor_rates(volume: np.ndarray) -> dict[str, float]:
+    """MB per CPU-second on one thread of each installed encoder over every 64³ chunk."""
     import imagecodecs
     import simplejpeg
 
@@ -184,13 +215,11 @@ def jpeg_floor(volume: np.ndarray, repeats: int) -> tuple[str, float]:
               for z in range(0, depth, 64) for y in range(0, SIDE, 64) for x in range(0, SIDE, 64)]
     rates = {}
     for name, encode in encoders.items():
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for chunk in chunks:
-                encode(chunk)
-            rates[name] = max(rates.get(name, 0.0), volume.nbytes / 1e6 / (time.perf_counter() - t0))
-    best = max(rates, key=rates.get)
-    return best, rates[best]
+        t0 = time.thread_time()
+        for chunk in chunks:
+            encode(chunk)
+        rates[name] = volume.nbytes / 1e6 / (time.thread_time() - t0)
+    return rates
 
 
 def big_slice(work: Path, side: int) -> dict:
@@ -260,7 +289,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--depth", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5, help="runs of each measurement (least CPU kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each measurement (the least-CPU run is printed; floor shares are medians)")
     parser.add_argument("--full-block", action="store_true", help="also measure a full 1024³ block's peak RSS")
     parser.add_argument("--big-slice", type=int, metavar="N", help="also warp one N×N 16-bit slice")
     args = parser.parse_args()
@@ -273,32 +302,38 @@ def main() -> None:
         megabytes = SIDE * SIDE * args.depth / 1e6
         scales = len(PyramidLayout((SIDE, SIDE, args.depth), (0, 0, 0), (8, 8, 8)).block_scales)
 
-        ours = run_child("--run-shard", shard_payload(work, args.depth, raw=False), args.repeats)
-        both = run_child("--run-shard", shard_payload(work, args.depth, raw=True), args.repeats)
-        theirs = run_child("--run-cloudvolume", {"work": str(work), "depth": args.depth, "scales": scales}, 1)
+        job = {"work": str(work), "depth": args.depth}
+        jpeg_runs = run_children("--run-shard", {**job, "raw": False, "floor": True}, args.repeats)
+        ours = {phase: best([r[phase] for r in jpeg_runs]) for phase in ("cold", "warm")}
+        both = run_child("--run-shard", {**job, "raw": True, "floor": False}, args.repeats)
+        theirs = run_child("--run-cloudvolume", {**job, "scales": scales}, 1)
         for phase in ("cold", "warm"):
             report(f"pyramid.shard, JPEG ({scales} scales), {phase}", ours[phase], megabytes)
             report(f"pyramid.shard, JPEG + raw gzip, {phase}", both[phase], megabytes)
             report(f"CloudVolume + igneous ({theirs[phase]['scales']} scales), {phase}", theirs[phase], megabytes)
 
-        job = {"work": str(work), "depth": args.depth}
         report("tensorstore JPEG encode, scale 0", run_child("--run-tensorstore-jpeg", job, args.repeats), megabytes)
-        volume = open_zarr(f"file://{work}/aligned", (args.depth, SIDE, SIDE), ALIGNED_CHUNKS, create=False)
-        encoder, floor = jpeg_floor(volume.read().result(), args.repeats)
-        print(f"  JPEG floor: {encoder}, 64³ chunks, 1 thread     {floor:6.1f} MB/s per core")
+        floors = [r["floor"] for r in jpeg_runs]
+        fastest = Counter(f["encoder"] for f in floors)
+        print(f"  JPEG floor, 64³ chunks, 1 thread: {min(f['rate'] for f in floors):.0f}–"
+              f"{max(f['rate'] for f in floors):.0f} MB/CPU-s over the runs (fastest: "
+              + ", ".join(f"{name} in {count}" for name, count in fastest.items()) + ")")
 
         for phase in ("cold", "warm"):
             ours_cpu, ours_core = rates(ours[phase], megabytes)
             theirs_cpu, theirs_core = rates(theirs[phase], megabytes)
             print(f"{phase}: ratio to CloudVolume + igneous  {ours_cpu / theirs_cpu:5.2f}× per CPU-s, "
                   f"{ours_core / theirs_core:5.2f}× per core (wall)   target ≥ 3×")
-            print(f"{phase}: share of the JPEG floor         {ours_cpu / floor:5.0%} per CPU-s, "
-                  f"{ours_core / floor:5.0%} per core (wall)   target ≥ 60%")
+            per_cpu = [rates(r[phase], megabytes)[0] / r["floor"]["rate"] for r in jpeg_runs]
+            per_core = [rates(r[phase], megabytes)[1] / r["floor"]["rate"] for r in jpeg_runs]
+            print(f"{phase}: share of the JPEG floor         {median(per_cpu):5.0%} per CPU-s "
+                  f"({min(per_cpu):.0%}–{max(per_cpu):.0%}), {median(per_core):5.0%} per core (wall)   "
+                  f"target ≥ 60%  (median of the runs, each against its own floor)")
 
         if args.full_block:
             shutil.rmtree(work / "aligned")
             build_aligned(f"file://{work}/aligned", SIDE)
-            full = run_child("--run-shard", shard_payload(work, SIDE, raw=True), 1)["cold"]
+            full = run_child("--run-shard", {**job, "depth": SIDE, "raw": True, "floor": False}, 1)["cold"]
             report("full 1024³ block, JPEG + raw gzip", full, SIDE ** 3 / 1e6)
             print(f"peak RSS per full block: {full['peak_rss'] / 1e9:.2f} GB   target ≤ 2.5 GB")
         if args.big_slice:
