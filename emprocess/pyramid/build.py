@@ -1,6 +1,6 @@
 """Building the pyramid: one 1024³ block's scales 0–4, then the scales above from the block seeds.
 
-Memory for a full block stays near 1.1 GB: the block is streamed from the aligned volume in 64-slice
+Memory for a full block stays near 1.1–1.3 GB: the block is streamed from the aligned volume in 64-slice
 slabs whose chunks are encoded as they arrive into a transaction that holds one volume's encoded
 shards until it is committed, so the JPEG and raw volumes are written one after the other (the raw
 pass reads the slabs again) and the coarser scales (1/7 of the block) are kept in memory between
