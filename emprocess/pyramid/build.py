@@ -10,7 +10,7 @@ the passes. Every coarser scale is the 2×2×2 mean of the exact scale below it,
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorstore as ts
@@ -18,18 +18,19 @@ import tensorstore as ts
 from emprocess.pyramid.chunks import ENCODE_THREADS, ShardWriter
 from emprocess.pyramid.downsample import mean2
 from emprocess.pyramid.layout import CHUNK, Box, PyramidLayout
-from emprocess.pyramid.memory import keep_freed_memory
+from emprocess.pyramid.memory import reuse_memory, reused_buffers
 from emprocess.pyramid.writers import ALIGNED_CHUNKS, SEED_CHUNKS, open_zarr, zyx
 
 SLAB = CHUNK  # scale-0 slices per read; a multiple of 16, so each block scale gets whole slices
 
 
-def _slabs(aligned: ts.TensorStore, box: Box) -> Iterator[tuple[int, np.ndarray]]:
+def _slabs(aligned: ts.TensorStore, box: Box,
+           buffer: Callable[[str, Sequence[int]], np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
     """(first z, (z, y, x) data) of each slab of ``box``, reading the next slab while one is used.
     Tensorstore reads straight into two slab buffers that take turns (a slab is valid until the next
     one is yielded): fresh arrays, or reading the tiles as bytes, cost more than the copy itself."""
     (x0, y0, z0), (x1, y1, z1) = box
-    buffers = [np.empty((min(SLAB, z1 - z0), y1 - y0, x1 - x0), np.uint8) for _ in range(2)]
+    buffers = [buffer(f"slab {i}", (min(SLAB, z1 - z0), y1 - y0, x1 - x0)) for i in range(2)]
 
     def read(i: int, z: int) -> tuple[np.ndarray, ts.WriteFutures]:
         slab = buffers[i % 2][:min(SLAB, z1 - z)]
@@ -63,15 +64,22 @@ def build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: 
     """Write every block scale of ``block`` to the JPEG (and raw) volume, and its seed when needed.
 
     Order: JPEG (all scales, computing the coarse ones on the way), the seed, raw coarse scales,
-    then raw scale 0 alone, so the largest transaction never shares memory with the coarse scales."""
-    keep_freed_memory()
+    then raw scale 0 alone, so that at most one volume's encoded chunks are held at a time."""
+    reuse_memory()
+    with reused_buffers() as buffer:
+        _build_block(aligned_url, jpeg_url, raw_url, seed_url, layout, block, jpeg_quality, buffer)
+
+
+def _build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: str | None, layout: PyramidLayout,
+                 block: tuple[int, int, int], jpeg_quality: int,
+                 buffer: Callable[[str, Sequence[int]], np.ndarray]) -> None:
     boxes = {s: layout.block_box(block, s) for s in layout.block_scales}
     aligned = open_zarr(aligned_url, zyx(layout.size), ALIGNED_CHUNKS, create=False)
-    coarse = {s: np.empty([e - b for b, e in zip(*boxes[s])][::-1], np.uint8) for s in boxes if s > 0}
+    coarse = {s: buffer(f"scale {s}", [e - b for b, e in zip(*boxes[s])][::-1]) for s in boxes if s > 0}
     block_z0 = boxes[0][0][2]
 
     def first_pass() -> Iterator[tuple[int, np.ndarray]]:
-        for z, data in _slabs(aligned, boxes[0]):
+        for z, data in _slabs(aligned, boxes[0], buffer):
             yield z, data
             level = data
             for scale, target in coarse.items():
@@ -88,8 +96,7 @@ def build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: 
             seed[z0:z1, y0:y1, x0:x1].write(coarse[last]).result()
         if raw_url is not None:
             _write_volume(ShardWriter(raw_url, layout, "raw", None, pool), boxes, None, coarse)
-            coarse.clear()
-            _write_volume(ShardWriter(raw_url, layout, "raw", None, pool), boxes, _slabs(aligned, boxes[0]), {})
+            _write_volume(ShardWriter(raw_url, layout, "raw", None, pool), boxes, _slabs(aligned, boxes[0], buffer), {})
 
 
 def build_top(seed_url: str, jpeg_url: str, raw_url: str | None, layout: PyramidLayout, jpeg_quality: int) -> None:
