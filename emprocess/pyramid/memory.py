@@ -7,7 +7,9 @@ the kernel; numpy maps each large buffer anew and asks for huge pages, which thi
 ``defrag=madvise`` compacts memory for while the block waits. So ``reuse_memory`` fixes malloc's
 thresholds (a 32 MiB mmap threshold, no trimming; glibc only) and turns numpy's huge-page advice
 off, and ``reused_buffers`` hands a block the buffers of the block before. Measured on 256-slice
-blocks: a worker's first block faults 32k pages instead of 59k, later blocks 5k instead of 8k.
+blocks (medians of 6 processes): a worker's later blocks fault 6k pages instead of 8k and spend
+0.15 s in the kernel instead of 0.31 s; its first block faults more, smaller pages (79k instead of
+59k) in 0.33 s of kernel time instead of 0.43 s.
 """
 
 from __future__ import annotations
