@@ -64,7 +64,7 @@ def build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: 
     """Write every block scale of ``block`` to the JPEG (and raw) volume, and its seed when needed.
 
     Order: JPEG (all scales, computing the coarse ones on the way), the seed, raw coarse scales,
-    then raw scale 0 alone, so that at most one volume's encoded chunks are held at a time."""
+    then raw scale 0 alone, so that the largest transaction holds no other scale's encoded chunks."""
     reuse_memory()
     with reused_buffers() as buffer:
         _build_block(aligned_url, jpeg_url, raw_url, seed_url, layout, block, jpeg_quality, buffer)
