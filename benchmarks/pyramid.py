@@ -113,13 +113,16 @@ def run_children(mode: str, argument: dict, repeats: int) -> list[dict]:
     return runs
 
 
-def run_child(mode: str, argument: dict, repeats: int) -> dict:
-    """The best of ``repeats`` fresh processes (of each of the cold and warm runs, for the pipelines
-    that have both)."""
-    runs = run_children(mode, argument, repeats)
+def best_of(runs: list[dict]) -> dict:
+    """The best of ``runs`` (of each of the cold and warm runs, for the pipelines that have both)."""
     if "cold" in runs[0]:
         return {phase: best([r[phase] for r in runs]) for phase in ("cold", "warm")}
     return best(runs)
+
+
+def run_child(mode: str, argument: dict, repeats: int) -> dict:
+    """The best of ``repeats`` fresh processes."""
+    return best_of(run_children(mode, argument, repeats))
 
 
 def measured(run) -> dict:
@@ -290,7 +293,8 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--depth", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5, help="runs of each measurement (the least-CPU run is printed; floor shares are medians)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="runs of each measurement (the least-CPU run is printed; floor shares are medians)")
     parser.add_argument("--full-block", action="store_true", help="also measure a full 1024³ block's peak RSS")
     parser.add_argument("--big-slice", type=int, metavar="N", help="also warp one N×N 16-bit slice")
     args = parser.parse_args()
@@ -305,7 +309,7 @@ def main() -> None:
 
         job = {"work": str(work), "depth": args.depth}
         jpeg_runs = run_children("--run-shard", {**job, "raw": False, "floor": True}, args.repeats)
-        ours = {phase: best([r[phase] for r in jpeg_runs]) for phase in ("cold", "warm")}
+        ours = best_of(jpeg_runs)
         both = run_child("--run-shard", {**job, "raw": True, "floor": False}, args.repeats)
         theirs = run_child("--run-cloudvolume", {**job, "scales": scales}, 1)
         for phase in ("cold", "warm"):

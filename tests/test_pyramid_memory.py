@@ -49,9 +49,9 @@ def test_the_next_block_gets_the_buffers_of_the_last():
         first[:] = 7
     with reused_buffers() as buffer:
         smaller = buffer("slab", (2, 8, 8))
-        larger = buffer("scale 1", (2, 4, 4))
+        other_name = buffer("scale 1", (2, 4, 4))
         assert smaller.shape == (2, 8, 8) and np.shares_memory(smaller, first)
-        assert not np.shares_memory(larger, first)
+        assert not np.shares_memory(other_name, first)
     with reused_buffers() as buffer:
         grown = buffer("slab", (8, 8, 8))
         assert grown.shape == (8, 8, 8) and not np.shares_memory(grown, first)

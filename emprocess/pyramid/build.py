@@ -66,28 +66,21 @@ def build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: 
     Order: JPEG (all scales, computing the coarse ones on the way), the seed, raw coarse scales,
     then raw scale 0 alone, so that the largest transaction holds no other scale's encoded chunks."""
     reuse_memory()
-    with reused_buffers() as buffer:
-        _build_block(aligned_url, jpeg_url, raw_url, seed_url, layout, block, jpeg_quality, buffer)
-
-
-def _build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: str | None, layout: PyramidLayout,
-                 block: tuple[int, int, int], jpeg_quality: int,
-                 buffer: Callable[[str, Sequence[int]], np.ndarray]) -> None:
     boxes = {s: layout.block_box(block, s) for s in layout.block_scales}
     aligned = open_zarr(aligned_url, zyx(layout.size), ALIGNED_CHUNKS, create=False)
-    coarse = {s: buffer(f"scale {s}", [e - b for b, e in zip(*boxes[s])][::-1]) for s in boxes if s > 0}
     block_z0 = boxes[0][0][2]
+    with reused_buffers() as buffer, ThreadPoolExecutor(ENCODE_THREADS) as pool:
+        coarse = {s: buffer(f"scale {s}", [e - b for b, e in zip(*boxes[s])][::-1]) for s in boxes if s > 0}
 
-    def first_pass() -> Iterator[tuple[int, np.ndarray]]:
-        for z, data in _slabs(aligned, boxes[0], buffer):
-            yield z, data
-            level = data
-            for scale, target in coarse.items():
-                level = mean2(level)
-                start = (z - block_z0) >> scale
-                target[start:start + level.shape[0]] = level
+        def first_pass() -> Iterator[tuple[int, np.ndarray]]:
+            for z, data in _slabs(aligned, boxes[0], buffer):
+                yield z, data
+                level = data
+                for scale, target in coarse.items():
+                    level = mean2(level)
+                    start = (z - block_z0) >> scale
+                    target[start:start + level.shape[0]] = level
 
-    with ThreadPoolExecutor(ENCODE_THREADS) as pool:
         _write_volume(ShardWriter(jpeg_url, layout, "jpeg", jpeg_quality, pool), boxes, first_pass(), coarse)
         if seed_url is not None:
             last = max(boxes)
