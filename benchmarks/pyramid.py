@@ -7,23 +7,24 @@ prints from one run:
 * the ``pyramid.shard`` work (one block, every block scale), JPEG only and JPEG + raw;
 * CloudVolume writing the same volume (JPEG, 64³ chunks, quality set explicitly) plus igneous
   2×2×2 downsampling (unsharded: that is what that pipeline produces), and the ratio;
-* a JPEG-encode floor: every 64³ chunk of scale 0, already gathered into contiguous arrays, through
-  the fastest installed encoder (simplejpeg, OpenCV, imagecodecs), one thread, CPU time; and, for
-  reference, tensorstore's precomputed driver encoding scale 0 alone into memory (why the pipeline
-  encodes its chunks itself);
+* a JPEG-encode floor: 64³ chunks, already gathered into contiguous arrays, through the fastest
+  installed encoder (simplejpeg, OpenCV, imagecodecs), one thread, CPU time: over scale 0 (the floor
+  the target is stated against) and over all the block's scales (the chunks the block work itself
+  must encode, 1.14× scale 0's); and, for reference, tensorstore's precomputed driver encoding scale
+  0 alone into memory (why the pipeline encodes its chunks itself);
 * with ``--full-block``, the peak RSS of the work on a full 1024³ block;
 * with ``--big-slice N``, time and peak RSS of the ``align.warp`` work on one N×N 16-bit slice
   (target: 20k×20k within 4 GB).
 
-Each pipeline runs in a fresh process, twice: "cold" is its first run (every buffer faults in anew,
-threads and connections start), "warm" its second, as a worker sees each block after its first (a
-run's blocks are many per worker). "Per core" is given two ways: input MB per CPU-second (CPU time
-of the process and its children; the fair figure on a shared box) and input MB/s of wall time
+Each pipeline runs in a fresh process, first "cold" (every buffer faults in anew, threads and
+connections start), then "warm" ``--warm-runs`` times, as a worker sees each block after its first
+(a run's blocks are many per worker). "Per core" is given two ways: input MB per CPU-second (CPU
+time of the process and its children; the fair figure on a shared box) and input MB/s of wall time
 divided by the cores the pipeline may use.
 
 This box's speed drifts by ±15% over minutes, so the share of the floor is not the best run over the
-best floor measured at another time: each JPEG-only process measures the floor right after its two
-runs, and the share printed is the median over the processes of each run against its own floor.
+best floor measured at another time: right after each JPEG-only run, its process measures the floor
+again, and the share printed is the median over all runs of each run against its own floor.
 
 Targets (issue 4): ≥ 3× CloudVolume + igneous, ≥ 60% of the JPEG floor, peak RSS ≤ 2.5 GB per block.
 """
@@ -47,6 +48,7 @@ import cv2
 import numpy as np
 
 from emprocess.pyramid.aligned import write_aligned_slice
+from emprocess.pyramid.downsample import mean2
 from emprocess.pyramid.layout import PyramidLayout
 from emprocess.pyramid.meta import write_info
 from emprocess.pyramid.stages import write_shard
@@ -116,7 +118,7 @@ def run_children(mode: str, argument: dict, repeats: int) -> list[dict]:
 def best_of(runs: list[dict]) -> dict:
     """The best of ``runs`` (of each of the cold and warm runs, for the pipelines that have both)."""
     if "cold" in runs[0]:
-        return {phase: best([r[phase] for r in runs]) for phase in ("cold", "warm")}
+        return {"cold": best([r["cold"] for r in runs]), "warm": best([w for r in runs for w in r["warm"]])}
     return best(runs)
 
 
@@ -125,12 +127,22 @@ def run_child(mode: str, argument: dict, repeats: int) -> dict:
     return best_of(run_children(mode, argument, repeats))
 
 
+def reset_peak_rss() -> None:
+    """Restart this process's peak RSS from its current RSS (Linux), so that a run's peak is its own,
+    not that of an earlier run or of the floor measured after it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def measured(run) -> dict:
     """Wall time, CPU time (children included) and peak RSS of ``run()``, plus what it returns."""
     def cpu() -> float:
         usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
         return sum(u.ru_utime + u.ru_stime for u in usage)
 
+    reset_peak_rss()
     cpu0, t0 = cpu(), time.perf_counter()
     extra = run() or {}
     wall, used = time.perf_counter() - t0, cpu() - cpu0
@@ -138,35 +150,33 @@ def measured(run) -> dict:
     return {"wall": wall, "cpu": used, "peak_rss": peak * 1024, **extra}
 
 
-def cold_and_warm(run, cores: int, clear) -> dict:
-    """``run()`` twice in this process: cold (a fresh process, every buffer faulted in anew) and warm
-    (memory, threads and caches reused), as a worker that runs a volume's many blocks sees them.
-    Each run writes into an output emptied by ``clear()`` (not timed), as a run's blocks write new
-    files: replacing the last run's files would add deleting them to the time."""
-    phases = {}
-    for phase in ("cold", "warm"):
+def cold_and_warm(run, cores: int, clear, warm_runs: int = 1, paired=None) -> dict:
+    """``run()`` in this process, cold (a fresh process, every buffer faulted in anew) and then
+    ``warm_runs`` times warm (memory, threads and caches reused), as a worker that runs a volume's
+    many blocks sees them. Each run writes into an output emptied by ``clear()`` (not timed), as a
+    run's blocks write new files: replacing the last run's files would add deleting them to the time.
+    ``paired()``, if given, runs right after each run and its result is kept with the run."""
+    runs = []
+    for _ in range(1 + warm_runs):
         clear()
         os.sync()  # the last run's writes and deletions are flushed now, not during this run
-        phases[phase] = {**measured(run), "cores": cores}
-    return phases
+        runs.append({**measured(run), "cores": cores})
+        if paired is not None:
+            runs[-1]["floor"] = paired()
+    return {"cold": runs[0], "warm": runs[1:]}
 
 
 def shard_child(job: dict) -> dict:
-    """The block work cold and warm; with ``floor``, then the JPEG floor in this same process, on
-    the block's volume (after the runs, so it adds nothing to their peak RSS)."""
+    """The block work cold and warm; with ``floor``, the JPEG floor after each run, in this same
+    process."""
     work = Path(job["work"])
     payload = shard_payload(work, job["depth"], job["raw"])
 
     def run() -> None:
         write_shard(payload)
 
-    result = cold_and_warm(run, CORES, lambda: clear_shard_output(work, payload))
-    if job["floor"]:
-        volume = open_zarr(payload["aligned"], (job["depth"], SIDE, SIDE), ALIGNED_CHUNKS, create=False)
-        rates = jpeg_floor_rates(volume.read().result())
-        fastest = max(rates, key=rates.get)
-        result["floor"] = {"encoder": fastest, "rate": rates[fastest]}
-    return result
+    floor = (lambda: jpeg_floor(payload["aligned"], job["depth"])) if job["floor"] else None
+    return cold_and_warm(run, CORES, lambda: clear_shard_output(work, payload), job["warm_runs"], floor)
 
 
 def cloudvolume_child(job: dict) -> dict:
@@ -203,8 +213,12 @@ def cloudvolume_child(job: dict) -> dict:
     return cold_and_warm(run, 1, lambda: shutil.rmtree(work / "cloudvolume", ignore_errors=True))
 
 
-def jpeg_floor_rates(volume: np.ndarray) -> dict[str, float]:
-    """MB per CPU-second on one thread of each installed encoder over every 64³ chunk."""
+def jpeg_floor(aligned_url: str, depth: int) -> dict:
+    """Each installed encoder, one thread, CPU time, over the 64³ chunks of the block's scale 0 and
+    of its coarser scales (2×2×2 means, not timed), each chunk already a contiguous grayscale image of
+    y·z rows, as the precomputed format stores it. The encoders take turns on each row of chunks.
+    Returns the fastest encoder on scale 0 and its input MB per CPU-second over scale 0 and over all
+    the block's scales."""
     import imagecodecs
     import simplejpeg
 
@@ -214,16 +228,35 @@ def jpeg_floor_rates(volume: np.ndarray) -> dict[str, float]:
         "opencv": lambda c: cv2.imencode(".jpg", c, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])[1],
         "imagecodecs": lambda c: imagecodecs.jpeg8_encode(c, level=QUALITY),
     }
-    depth = volume.shape[0]
-    chunks = [np.ascontiguousarray(volume[z:z + 64, y:y + 64, x:x + 64]).reshape(-1, 64)
-              for z in range(0, depth, 64) for y in range(0, SIDE, 64) for x in range(0, SIDE, 64)]
-    rates = {}
-    for name, encode in encoders.items():
-        t0 = time.thread_time()
-        for chunk in chunks:
-            encode(chunk)
-        rates[name] = volume.nbytes / 1e6 / (time.thread_time() - t0)
-    return rates
+
+    def encode_chunks(volume: np.ndarray, spent: dict[str, float]) -> None:
+        depth, height, width = volume.shape
+        for z in range(0, depth, 64):
+            for y in range(0, height, 64):
+                row = [np.ascontiguousarray(volume[z:z + 64, y:y + 64, x:x + 64]).reshape(-1, min(64, width - x))
+                       for x in range(0, width, 64)]
+                for name, encode in encoders.items():
+                    t0 = time.thread_time()
+                    for chunk in row:
+                        encode(chunk)
+                    spent[name] += time.thread_time() - t0
+
+    layout = PyramidLayout((SIDE, SIDE, depth), (0, 0, 0), (8, 8, 8))
+    volume = open_zarr(aligned_url, (depth, SIDE, SIDE), ALIGNED_CHUNKS, create=False)
+    scale0 = dict.fromkeys(encoders, 0.0)
+    coarse: dict[int, list[np.ndarray]] = {s: [] for s in layout.block_scales if s > 0}
+    for z in range(0, depth, 64):
+        level = volume[z:z + 64].read().result()
+        encode_chunks(level, scale0)
+        for parts in coarse.values():
+            level = mean2(level)
+            parts.append(level)
+    block = dict(scale0)
+    for parts in coarse.values():
+        encode_chunks(np.concatenate(parts), block)
+    fastest = min(scale0, key=scale0.get)
+    megabytes = depth * SIDE * SIDE / 1e6
+    return {"encoder": fastest, "scale 0": megabytes / scale0[fastest], "block": megabytes / block[fastest]}
 
 
 def big_slice(work: Path, side: int) -> dict:
@@ -294,7 +327,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--depth", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5,
-                        help="runs of each measurement (the least-CPU run is printed; floor shares are medians)")
+                        help="fresh processes per measurement (the least-CPU run is printed; floor shares are medians)")
+    parser.add_argument("--warm-runs", type=int, default=3, help="warm runs of the pipelines in each process")
     parser.add_argument("--full-block", action="store_true", help="also measure a full 1024³ block's peak RSS")
     parser.add_argument("--big-slice", type=int, metavar="N", help="also warp one N×N 16-bit slice")
     args = parser.parse_args()
@@ -307,7 +341,7 @@ def main() -> None:
         megabytes = SIDE * SIDE * args.depth / 1e6
         scales = len(PyramidLayout((SIDE, SIDE, args.depth), (0, 0, 0), (8, 8, 8)).block_scales)
 
-        job = {"work": str(work), "depth": args.depth}
+        job = {"work": str(work), "depth": args.depth, "warm_runs": args.warm_runs}
         jpeg_runs = run_children("--run-shard", {**job, "raw": False, "floor": True}, args.repeats)
         ours = best_of(jpeg_runs)
         both = run_child("--run-shard", {**job, "raw": True, "floor": False}, args.repeats)
@@ -318,10 +352,11 @@ def main() -> None:
             report(f"CloudVolume + igneous ({theirs[phase]['scales']} scales), {phase}", theirs[phase], megabytes)
 
         report("tensorstore JPEG encode, scale 0", run_child("--run-tensorstore-jpeg", job, args.repeats), megabytes)
-        floors = [r["floor"] for r in jpeg_runs]
+        paired = {"cold": [r["cold"] for r in jpeg_runs], "warm": [w for r in jpeg_runs for w in r["warm"]]}
+        floors = [run["floor"] for runs in paired.values() for run in runs]
         fastest = Counter(f["encoder"] for f in floors)
-        print(f"  JPEG floor, 64³ chunks, 1 thread: {min(f['rate'] for f in floors):.0f}–"
-              f"{max(f['rate'] for f in floors):.0f} MB/CPU-s over the runs (fastest: "
+        print(f"  JPEG floor, 64³ chunks, 1 thread, scale 0: {min(f['scale 0'] for f in floors):.0f}–"
+              f"{max(f['scale 0'] for f in floors):.0f} MB/CPU-s over {len(floors)} runs (fastest: "
               + ", ".join(f"{name} in {count}" for name, count in fastest.items()) + ")")
 
         for phase in ("cold", "warm"):
@@ -329,16 +364,20 @@ def main() -> None:
             theirs_cpu, theirs_core = rates(theirs[phase], megabytes)
             print(f"{phase}: ratio to CloudVolume + igneous  {ours_cpu / theirs_cpu:5.2f}× per CPU-s, "
                   f"{ours_core / theirs_core:5.2f}× per core (wall)   target ≥ 3×")
-            per_cpu = [rates(r[phase], megabytes)[0] / r["floor"]["rate"] for r in jpeg_runs]
-            per_core = [rates(r[phase], megabytes)[1] / r["floor"]["rate"] for r in jpeg_runs]
-            print(f"{phase}: share of the JPEG floor         {median(per_cpu):5.0%} per CPU-s "
-                  f"({min(per_cpu):.0%}–{max(per_cpu):.0%}), {median(per_core):5.0%} per core (wall)   "
-                  f"target ≥ 60%  (median of the runs, each against its own floor)")
+            for basis, label in (("scale 0", "share of the JPEG floor"),
+                                 ("block", f"  … of the block's own chunks ({scales} scales)")):
+                per_cpu = [rates(run, megabytes)[0] / run["floor"][basis] for run in paired[phase]]
+                per_core = [rates(run, megabytes)[1] / run["floor"][basis] for run in paired[phase]]
+                target = "target ≥ 60%  (median of the runs, each against the floor measured right after it)"
+                print(f"{phase}: {label:<32} {median(per_cpu):5.0%} per CPU-s ({min(per_cpu):.0%}–"
+                      f"{max(per_cpu):.0%} over {len(per_cpu)}), {median(per_core):5.0%} per core (wall)   "
+                      + (target if basis == "scale 0" else "(for reference)"))
 
         if args.full_block:
             shutil.rmtree(work / "aligned")
             build_aligned(f"file://{work}/aligned", SIDE)
-            full = run_child("--run-shard", {**job, "depth": SIDE, "raw": True, "floor": False}, 1)["cold"]
+            full = run_children("--run-shard", {**job, "depth": SIDE, "raw": True, "floor": False, "warm_runs": 0},
+                                1)[0]["cold"]
             report("full 1024³ block, JPEG + raw gzip", full, SIDE ** 3 / 1e6)
             print(f"peak RSS per full block: {full['peak_rss'] / 1e9:.2f} GB   target ≤ 2.5 GB")
         if args.big_slice:
