@@ -40,7 +40,8 @@ def fake_align(payload: dict, width: int, height: int) -> dict:
     return fake_pair(width, height)
 
 
-def build_app(fail_rate: float = 0.0, latency: float = 0.0, seed: int = 0, slice_size: tuple[int, int] = (1024, 1024)) -> FastAPI:
+def build_app(fail_rate: float = 0.0, latency: float = 0.0, seed: int = 0,
+              slice_size: tuple[int, int] = (1024, 1024)) -> FastAPI:
     app = FastAPI(title="emprocess moc server")
     rng = random.Random(seed)
     lock = threading.Lock()

@@ -124,7 +124,8 @@ def measure(first: str, second: str, side: int, downsample: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sides", type=int, nargs="+", default=SIDES, help="slice sides in pixels (default: %(default)s)")
+    parser.add_argument("--sides", type=int, nargs="+", default=SIDES,
+                        help="slice sides in pixels (default: %(default)s)")
     parser.add_argument("--bits", type=int, choices=(8, 16), default=8, help="sample depth of the slices")
     parser.add_argument("--measure", nargs=4, metavar=("FIRST", "SECOND", "SIDE", "DOWNSAMPLE"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -24,7 +24,8 @@ def cmd_sample(args) -> int:
     from emprocess.sample import write_sample
 
     conf = write_sample(args.dir, size=args.size, n_slices=args.slices, seed=args.seed)
-    print(f"sample stack written: {conf['source']} ({conf['minz']}..{conf['maxz']}); conf: {Path(args.dir) / 'conf.json'}")
+    print(f"sample stack written: {conf['source']} ({conf['minz']}..{conf['maxz']}); "
+          f"conf: {Path(args.dir) / 'conf.json'}")
     return 0
 
 

@@ -33,7 +33,8 @@ class SegmentationConf(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    watershed: str = Field(description="URL of a precomputed uint32/uint64 supervoxel volume in the run's aligned frame")
+    watershed: str = Field(
+        description="URL of a precomputed uint32/uint64 supervoxel volume in the run's aligned frame")
     agglomeration: str | None = Field(None, description="URL of a supervoxel → body table (.npy, .npz or .csv)")
     chunk_size: list[int] = Field([256, 256, 256], min_length=3, max_length=3)
     test: bool = Field(False, description="build only one layer-3 chunk's 8 children and their parents")

@@ -265,7 +265,8 @@ def set_expiry(url: str | Url, days: int) -> None:
         boto3.client("s3").put_bucket_lifecycle_configuration(
             Bucket=u.bucket,
             LifecycleConfiguration={
-                "Rules": [{"ID": "emprocess-tmp", "Status": "Enabled", "Filter": {"Prefix": ""}, "Expiration": {"Days": days}}]
+                "Rules": [{"ID": "emprocess-tmp", "Status": "Enabled", "Filter": {"Prefix": ""},
+                           "Expiration": {"Days": days}}]
             },
         )
 

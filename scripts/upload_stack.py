@@ -23,7 +23,11 @@ def main() -> None:
     files = sorted(p for p in args.folder.glob(args.pattern) if p.is_file())
     storage.ensure_location(args.destination, project=args.project)
     with ThreadPoolExecutor(args.threads) as pool:
-        for name in pool.map(lambda p: storage.write(storage.join(args.destination, p.name), p.read_bytes()) or p.name, files):
+        def copy(path: Path) -> str:
+            storage.write(storage.join(args.destination, path.name), path.read_bytes())
+            return path.name
+
+        for name in pool.map(copy, files):
             print(name)
     print(f"{len(files)} files copied to {args.destination}")
 

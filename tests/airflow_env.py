@@ -20,7 +20,8 @@ os.environ.update(
     AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{HOME / 'airflow.db'}",
 )
 (DAGS / "emprocess_dags.py").write_text((Path(__file__).parents[1] / "dags" / "emprocess_dags.py").read_text())
-(DAGS / "test_dags.py").write_text("from airflow_support import build_test_dags\n\nglobals().update(build_test_dags())  # airflow dag\n")
+(DAGS / "test_dags.py").write_text(
+    "from airflow_support import build_test_dags\n\nglobals().update(build_test_dags())  # airflow dag\n")
 
 
 @pytest.fixture(scope="session")

@@ -79,7 +79,8 @@ def write(folder: Path, name: str, image: np.ndarray) -> str:
     return f"file://{folder / name}"
 
 
-def register_images(tmp_path: Path, first: np.ndarray, second: np.ndarray, downsample: int = 1, ext: str = "png") -> dict:
+def register_images(tmp_path: Path, first: np.ndarray, second: np.ndarray, downsample: int = 1,
+                    ext: str = "png") -> dict:
     return align_pairs({"img1": write(tmp_path, f"one.{ext}", first), "img2": write(tmp_path, f"two.{ext}", second),
                         "downsample": downsample})
 
@@ -99,7 +100,8 @@ def run_align(tmp_path: Path, slices: list[np.ndarray], **conf) -> tuple[dict, d
     (task,) = COLLECT.plan(ctx)
     COLLECT.work(task["payload"])
     folder = storage.join(ctx.locations.process, "align")
-    return storage.read_json(storage.join(folder, "transforms.json")), storage.read_json(storage.join(folder, "pairs.json"))
+    return (storage.read_json(storage.join(folder, "transforms.json")),
+            storage.read_json(storage.join(folder, "pairs.json")))
 
 
 @pytest.fixture(params=["real", "sample"])

@@ -230,9 +230,10 @@ def test_collect_is_idempotent(tmp_path):
     ctx = context(tmp_path)
     results = [pair(10, rotation(0.7, 3, 1)), pair(11, None, translation(1, 2)), pair(12)]
     run_collect(ctx, results)
-    first = [storage.read(storage.join(ctx.locations.process, "align", n)) for n in ("transforms.json", "transforms.csv", "pairs.json")]
+    names = ("transforms.json", "transforms.csv", "pairs.json")
+    first = [storage.read(storage.join(ctx.locations.process, "align", n)) for n in names]
     run_collect(ctx, results)
-    second = [storage.read(storage.join(ctx.locations.process, "align", n)) for n in ("transforms.json", "transforms.csv", "pairs.json")]
+    second = [storage.read(storage.join(ctx.locations.process, "align", n)) for n in names]
     assert first == second
 
 

@@ -56,13 +56,15 @@ CASES = [
     ("negative clip limit", lambda c: c.update(**{"clip-limit": -0.1}), None, "clip-limit"),
     ("resolution of two values", lambda c: c.update(resolution=[8, 8]), None, "resolution"),
     ("unknown stage", lambda c: c.update(stages=["align", "segment"]), None, "stages"),
-    ("chunk size not a power of two", lambda c: c.update(segmentation={"watershed": c["source"], "chunk_size": [100, 128, 128]}), None, "chunk_size"),
+    ("chunk size not a power of two",
+     lambda c: c.update(segmentation={"watershed": c["source"], "chunk_size": [100, 128, 128]}), None, "chunk_size"),
     ("missing slice", lambda c: c.update(maxz=5), None, "img004.png does not exist"),
     ("truncated PNG", None, truncate, "img002.png"),
     ("slices of different sizes", None, other_size, "img001.png"),
     ("not an image", None, not_an_image, "img003.png"),
     ("colour slice", None, colour, "img000.png"),
-    ("reuse of an unknown run", lambda c: c.update(reuse_alignment="manual__2001-01-01T00:00:00+00:00"), None, "reuse_alignment"),
+    ("reuse of an unknown run", lambda c: c.update(reuse_alignment="manual__2001-01-01T00:00:00+00:00"), None,
+     "reuse_alignment"),
 ]
 
 
@@ -115,10 +117,12 @@ def test_locations_holding_a_run_with_another_conf_are_refused(width1_dag, tmp_p
     logical_date = datetime.datetime(2026, 1, 2, tzinfo=datetime.timezone.utc)
     run_id = f"manual__{logical_date.isoformat()}"
     ctx = RunContext.create(dict(conf, jpeg_quality=70), run_id)
-    storage.write_json(storage.join(ctx.locations.process, "complete.json"), {"conf": ctx.conf.to_json(), "run_id": run_id})
+    storage.write_json(storage.join(ctx.locations.process, "complete.json"),
+                       {"conf": ctx.conf.to_json(), "run_id": run_id})
     before = listing(tmp_path)
     result = run_dag_test(width1_dag, conf, logical_date=logical_date)
     assert result.state == "failed" and [t for t, _ in result.failed] == ["validate"]
     assert "another conf" in result.failed[0][1]
     assert listing(tmp_path) == before
-    assert json.loads((Path(ctx.locations.process.removeprefix("file://")) / "complete.json").read_text())["conf"]["jpeg_quality"] == 70
+    complete = Path(ctx.locations.process.removeprefix("file://")) / "complete.json"
+    assert json.loads(complete.read_text())["conf"]["jpeg_quality"] == 70

@@ -11,8 +11,8 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from airflow_support import FLAKY, FLAKY_DAG, FLAKY_STAGE, FLAKY_WIDTH
+
 from emprocess import storage
 from emprocess.batch import run_share
 from emprocess.stages import RunContext
@@ -149,7 +149,8 @@ def clear_failed_tasks(dag, logical_date) -> None:
 
     serialized = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
     cleared = SerializedDAG.clear_dags(
-        [serialized], start_date=logical_date, end_date=logical_date, only_failed=True, dag_run_state=DagRunState.RUNNING
+        [serialized], start_date=logical_date, end_date=logical_date, only_failed=True,
+        dag_run_state=DagRunState.RUNNING,
     )
     assert cleared == 1
 
@@ -159,6 +160,7 @@ def test_operator_in_a_real_dag_run(airflow_db, tmp_path, monkeypatch):
     clearing the failed task re-runs it, and it calls only its unfinished mini-tasks."""
 
     from airflow_support import build_test_dags
+
     from emprocess.workflow.local_run import run_dag_test
 
     dag = build_test_dags()[FLAKY_DAG]

@@ -18,7 +18,6 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from test_chunkedgraph_helpers import make_context, read_labels, run_graph, same_partition, voxel_roots, write_volume
 
-
 LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012" / "label"
 
 

@@ -37,7 +37,8 @@ def moc(request):
 def test_align_answers_both_forms_with_the_real_schema(moc):
     url = moc("--slice-size", "640", "480")
     plain = requests.post(url + "/align", json={"img1": "file:///a.png", "img2": "file:///b.png"}).json()
-    batched = requests.post(url + "/align", json={"images": ["file:///a", "file:///b", "file:///c"], "z": [4, 5, 6]}).json()
+    batched = requests.post(url + "/align",
+                            json={"images": ["file:///a", "file:///b", "file:///c"], "z": [4, 5, 6]}).json()
     assert plain["size1"] == [640, 480] and plain["affine"]["found"] and plain["translation"]["found"]
     assert [p["z"] for p in batched["pairs"]] == [4, 5]
     assert set(batched["pairs"][0]) == {"z", *plain}

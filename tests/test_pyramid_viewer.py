@@ -41,5 +41,6 @@ def test_segmentation_layer_and_segmentation_only():
     with_bodies = state_of(neuroglancer_url("http://h/jpeg", None, "http://h/segmentation"))
     assert [layer["type"] for layer in with_bodies["layers"]] == ["image", "segmentation"]
     alone = state_of(neuroglancer_url(None, None, "http://h/segmentation"))
-    assert alone["layers"] == [{"type": "segmentation", "source": "precomputed://http://h/segmentation", "name": "bodies"}]
+    assert alone["layers"] == [
+        {"type": "segmentation", "source": "precomputed://http://h/segmentation", "name": "bodies"}]
     assert alone["selectedLayer"]["layer"] == "bodies"

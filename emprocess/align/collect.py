@@ -135,7 +135,8 @@ def _sizes_from_pairs(results: dict[int, dict]) -> dict[int, list[int]]:
     for z, pair in results.items():
         for slice_z, size in ((z, pair["size1"]), (z + 1, pair["size2"])):
             if sizes.setdefault(slice_z, list(size)) != list(size):
-                raise InputError(f"slice {slice_z}: align.pairs results disagree on its size ({sizes[slice_z]} vs {size})")
+                raise InputError(f"slice {slice_z}: align.pairs results disagree on its size "
+                                 f"({sizes[slice_z]} vs {size})")
     return sizes
 
 

@@ -27,7 +27,8 @@ from emprocess.config import ConfError, parse_conf
 
 log = logging.getLogger("emprocess.run")
 
-SERVICES = {"fiji": ("ALIGN_CLOUD_RUN", "containers.fiji.app:app"), "emwrite": ("IMG_WRITE", "containers.emwrite.app:app")}
+SERVICES = {"fiji": ("ALIGN_CLOUD_RUN", "containers.fiji.app:app"),
+            "emwrite": ("IMG_WRITE", "containers.emwrite.app:app")}
 DAG_FILE = "from emprocess.workflow.dag_factory import build_all\n\nglobals().update(build_all())  # airflow dag\n"
 POOL_SLOTS = 64
 
