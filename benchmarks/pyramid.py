@@ -12,6 +12,7 @@ prints from one run:
   the target is stated against) and over all the block's scales (the chunks the block work itself
   must encode, 1.14× scale 0's); and, for reference, tensorstore's precomputed driver encoding scale
   0 alone into memory (why the pipeline encodes its chunks itself);
+* what faulting in fresh memory costs here, and how much more of it a cold run faults than a warm one;
 * with ``--full-block``, the peak RSS of the work on a full 1024³ block;
 * with ``--big-slice N``, time and peak RSS of the ``align.warp`` work on one N×N 16-bit slice
   (target: 20k×20k within 4 GB).
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import resource
 import shutil
@@ -136,18 +138,34 @@ def reset_peak_rss() -> None:
         pass
 
 
-def measured(run) -> dict:
-    """Wall time, CPU time (children included) and peak RSS of ``run()``, plus what it returns."""
-    def cpu() -> float:
-        usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-        return sum(u.ru_utime + u.ru_stime for u in usage)
+def usage() -> tuple[float, int]:
+    """(CPU-seconds, page faults) of this process and its children so far."""
+    both = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in both), sum(u.ru_minflt + u.ru_majflt for u in both)
 
+
+def measured(run) -> dict:
+    """Wall time, CPU time (children included), page faults and peak RSS of ``run()``, plus what it
+    returns."""
     reset_peak_rss()
-    cpu0, t0 = cpu(), time.perf_counter()
+    (cpu0, faults0), t0 = usage(), time.perf_counter()
     extra = run() or {}
-    wall, used = time.perf_counter() - t0, cpu() - cpu0
+    wall, (cpu1, faults1) = time.perf_counter() - t0, usage()
     peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return {"wall": wall, "cpu": used, "peak_rss": peak * 1024, **extra}
+    return {"wall": wall, "cpu": cpu1 - cpu0, "faults": faults1 - faults0, "peak_rss": peak * 1024, **extra}
+
+
+def fresh_memory_cost(size: int = 256 << 20) -> float:
+    """CPU-seconds per GB of fresh memory faulted in here: most of what a cold run pays more than a
+    warm one. A VM whose host takes back the pages its guest frees pays it again for every new page."""
+    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    pages = np.frombuffer(buffer, np.uint8)
+    cpu0 = usage()[0]
+    pages[::mmap.PAGESIZE] = 1
+    spent = usage()[0] - cpu0
+    del pages
+    buffer.close()
+    return spent / (size / 1e9)
 
 
 def cold_and_warm(run, cores: int, clear, warm_runs: int = 1, paired=None) -> dict:
@@ -358,6 +376,10 @@ def main() -> None:
         print(f"  JPEG floor, 64³ chunks, 1 thread, scale 0: {min(f['scale 0'] for f in floors):.0f}–"
               f"{max(f['scale 0'] for f in floors):.0f} MB/CPU-s over {len(floors)} runs (fastest: "
               + ", ".join(f"{name} in {count}" for name, count in fastest.items()) + ")")
+
+        extra_faults = median(r["faults"] for r in paired["cold"]) - median(r["faults"] for r in paired["warm"])
+        print(f"  fresh memory here: {fresh_memory_cost():.2f} CPU-s per GB faulted in; a cold JPEG run faults "
+              f"{extra_faults * mmap.PAGESIZE / 1e9:.2f} GB more than a warm one (medians)")
 
         for phase in ("cold", "warm"):
             ours_cpu, ours_core = rates(ours[phase], megabytes)
