@@ -84,8 +84,13 @@ def build_aligned(url: str, depth: int) -> None:
         volume[z:z + len(data)].write(data).result()
 
 
+def volume_layout(depth: int) -> PyramidLayout:
+    """The pyramid of the benchmark's SIDE×SIDE×``depth`` volume (8 nm voxels)."""
+    return PyramidLayout((SIDE, SIDE, depth), (0, 0, 0), (8.0, 8.0, 8.0))
+
+
 def shard_payload(work: Path, depth: int, raw: bool) -> dict:
-    layout = PyramidLayout((SIDE, SIDE, depth), (0, 0, 0), (8.0, 8.0, 8.0))
+    layout = volume_layout(depth)
     return {"block": [0, 0, 0], "aligned": f"file://{work}/aligned", "jpeg": f"file://{work}/ours/jpeg",
             "raw": f"file://{work}/ours/raw" if raw else None, "seed": None, "layout": layout.to_json(),
             "jpeg_quality": QUALITY}
@@ -117,10 +122,15 @@ def run_children(mode: str, argument: dict, repeats: int) -> list[dict]:
     return runs
 
 
+def by_phase(runs: list[dict]) -> dict[str, list[dict]]:
+    """The cold run of each process in ``runs``, and the warm runs of them all."""
+    return {"cold": [r["cold"] for r in runs], "warm": [w for r in runs for w in r["warm"]]}
+
+
 def best_of(runs: list[dict]) -> dict:
     """The best of ``runs`` (of each of the cold and warm runs, for the pipelines that have both)."""
     if "cold" in runs[0]:
-        return {"cold": best([r["cold"] for r in runs]), "warm": best([w for r in runs for w in r["warm"]])}
+        return {phase: best(phase_runs) for phase, phase_runs in by_phase(runs).items()}
     return best(runs)
 
 
@@ -259,7 +269,7 @@ def jpeg_floor(aligned_url: str, depth: int) -> dict:
                         encode(chunk)
                     spent[name] += time.thread_time() - t0
 
-    layout = PyramidLayout((SIDE, SIDE, depth), (0, 0, 0), (8, 8, 8))
+    layout = volume_layout(depth)
     volume = open_zarr(aligned_url, (depth, SIDE, SIDE), ALIGNED_CHUNKS, create=False)
     scale0 = dict.fromkeys(encoders, 0.0)
     coarse: dict[int, list[np.ndarray]] = {s: [] for s in layout.block_scales if s > 0}
@@ -308,7 +318,7 @@ def tensorstore_jpeg_child(job: dict) -> dict:
 
     work, depth = Path(job["work"]), job["depth"]
     volume = open_zarr(f"file://{work}/aligned", (depth, SIDE, SIDE), ALIGNED_CHUNKS, create=False).read().result()
-    layout = PyramidLayout((SIDE, SIDE, depth), (0, 0, 0), (8, 8, 8))
+    layout = volume_layout(depth)
     scale = layout.scale_info(0, "jpeg", QUALITY)
     scale["chunk_size"] = scale.pop("chunk_sizes")[0]
     spec = {"driver": "neuroglancer_precomputed", "kvstore": {"driver": "memory"},
@@ -357,7 +367,7 @@ def main() -> None:
               f"best of {args.repeats}")
         build_aligned(f"file://{work}/aligned", args.depth)
         megabytes = SIDE * SIDE * args.depth / 1e6
-        scales = len(PyramidLayout((SIDE, SIDE, args.depth), (0, 0, 0), (8, 8, 8)).block_scales)
+        scales = len(volume_layout(args.depth).block_scales)
 
         job = {"work": str(work), "depth": args.depth, "warm_runs": args.warm_runs}
         jpeg_runs = run_children("--run-shard", {**job, "raw": False, "floor": True}, args.repeats)
@@ -370,7 +380,7 @@ def main() -> None:
             report(f"CloudVolume + igneous ({theirs[phase]['scales']} scales), {phase}", theirs[phase], megabytes)
 
         report("tensorstore JPEG encode, scale 0", run_child("--run-tensorstore-jpeg", job, args.repeats), megabytes)
-        paired = {"cold": [r["cold"] for r in jpeg_runs], "warm": [w for r in jpeg_runs for w in r["warm"]]}
+        paired = by_phase(jpeg_runs)
         floors = [run["floor"] for runs in paired.values() for run in runs]
         fastest = Counter(f["encoder"] for f in floors)
         print(f"  JPEG floor, 64³ chunks, 1 thread, scale 0: {min(f['scale 0'] for f in floors):.0f}–"
