@@ -2,8 +2,8 @@
 
 Covered: JPEG and raw chunk encodings as the precomputed format lays them out; ``ShardWriter`` on a
 1100×70×67 volume (two blocks, one top scale, short chunks at every far edge) read back through
-tensorstore, with exactly the planned shard files, nothing written before commit, and identical
-bytes on a re-run; the refusal of an off-grid origin.
+tensorstore, with exactly the planned shard files, a scale written only once the writer moves past
+it, and identical bytes on a re-run; the refusal of an off-grid origin and of scales out of order.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def levels(layout: PyramidLayout) -> dict[int, np.ndarray]:
     return data
 
 
-def write_volume(root: Path, encoding: str, data: dict[int, np.ndarray], commit: bool = True) -> str:
+def write_volume(root: Path, encoding: str, data: dict[int, np.ndarray]) -> str:
     url = f"file://{root}"
     quality = QUALITY if encoding == "jpeg" else None
     write_info(url, LAYOUT, encoding, quality)
@@ -57,8 +57,7 @@ def write_volume(root: Path, encoding: str, data: dict[int, np.ndarray], commit:
         writer = ShardWriter(url, LAYOUT, encoding, quality, pool)
         for scale, level in data.items():
             writer.write(scale, (0, 0, 0), level)
-        if commit:
-            writer.commit()
+        writer.commit()
     return url
 
 
@@ -123,10 +122,19 @@ def test_shard_files_are_exactly_the_planned_ones(tmp_path, volume_levels):
     assert set(shard_files(tmp_path)) == planned
 
 
-def test_nothing_is_written_before_commit(tmp_path, volume_levels):
-    write_volume(tmp_path, "raw", volume_levels, commit=False)
-    assert (tmp_path / "info").exists()
-    assert shard_files(tmp_path) == {}
+def test_a_scale_is_written_once_the_writer_moves_past_it(tmp_path, volume_levels):
+    url = f"file://{tmp_path}"
+    write_info(url, LAYOUT, "raw", None)
+    with ThreadPoolExecutor(2) as pool:
+        writer = ShardWriter(url, LAYOUT, "raw", None, pool)
+        writer.write(0, (0, 0, 0), volume_levels[0])
+        assert shard_files(tmp_path) == {}
+        writer.write(1, (0, 0, 0), volume_levels[1])
+        with pytest.raises(ValueError, match="lowest first"):
+            writer.write(0, (0, 0, 0), volume_levels[0])
+        writer.commit()
+    written = {Path(path).parts[0] for path in shard_files(tmp_path)}
+    assert written == {LAYOUT.scale_key(0), LAYOUT.scale_key(1)}
 
 
 def test_origin_off_the_chunk_grid_is_refused(tmp_path):

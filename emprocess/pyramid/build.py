@@ -1,10 +1,11 @@
 """Building the pyramid: one 1024³ block's scales 0–4, then the scales above from the block seeds.
 
-Memory for a full block stays near 1.1–1.3 GB: the block is streamed from the aligned volume in 64-slice
-slabs whose chunks are encoded as they arrive into a transaction that holds one volume's encoded
-shards until it is committed, so the JPEG and raw volumes are written one after the other (the raw
-pass reads the slabs again) and the coarser scales (1/7 of the block) are kept in memory between
-the passes. Every coarser scale is the 2×2×2 mean of the exact scale below it, never of decoded JPEG.
+Memory for a full block stays near 1.5 GB: the block is streamed from the aligned volume in 64-slice
+slabs whose chunks are encoded as they arrive, each scale's into a transaction that holds its encoded
+shards until it is committed (in the background, while the next scale is encoded). The JPEG and raw
+volumes are written one after the other (the raw pass reads the slabs again), and the coarser
+scales (1/7 of the block) are kept in memory between the passes. Every coarser scale is the 2×2×2
+mean of the exact scale below it, never of decoded JPEG.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ SLAB = CHUNK  # scale-0 slices per read; a multiple of 16, so each block scale g
 
 def _slabs(aligned: ts.TensorStore, box: Box,
            buffer: Callable[[str, Sequence[int]], np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
-    """(first z, (z, y, x) data) of each slab of ``box``, reading the next slab while one is used.
-    Tensorstore reads straight into two slab buffers that take turns (a slab is valid until the next
-    one is yielded): fresh arrays, or reading the tiles as bytes, cost more than the copy itself."""
+    """(first z, (z, y, x) data) of each slab of ``box``, reading the next slab while the last ones
+    are encoded. Tensorstore reads straight into two slab buffers that take turns: fresh arrays, or
+    reading the tiles as bytes, cost more than the copy itself. A slab stays valid until the slab
+    after the next one is asked for, by when ``ShardWriter.write`` of the next one has encoded it."""
     (x0, y0, z0), (x1, y1, z1) = box
     buffers = [buffer(f"slab {i}", (min(SLAB, z1 - z0), y1 - y0, x1 - x0)) for i in range(2)]
 
@@ -42,29 +44,28 @@ def _slabs(aligned: ts.TensorStore, box: Box,
     for i, z in enumerate(starts):
         slab, reading = pending
         reading.result()
+        yield z, slab
         if i + 1 < len(starts):
             pending = read(i + 1, starts[i + 1])
-        yield z, slab
 
 
-def _write_volume(writer: ShardWriter, boxes: dict[int, Box], slabs: Iterator[tuple[int, np.ndarray]] | None,
+def _write_volume(writer: ShardWriter, boxes: dict[int, Box], slabs: Iterator[tuple[int, np.ndarray]],
                   coarse: dict[int, np.ndarray]) -> None:
-    """One transaction: scale 0 from ``slabs`` (if given) and the scales in ``coarse``; each scale's
-    part of the block is one whole shard, so nothing is read back."""
+    """Scale 0 from ``slabs``, then the scales in ``coarse``; each scale's part of the block is one
+    whole shard, so nothing is read back. The last scale is written by ``writer.commit()``."""
     x0, y0, _ = boxes[0][0]
-    for z, data in slabs or ():
+    for z, data in slabs:
         writer.write(0, (x0, y0, z), data)
     for scale, data in coarse.items():
         writer.write(scale, boxes[scale][0], data)
-    writer.commit()
 
 
 def build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: str | None, layout: PyramidLayout,
                 block: tuple[int, int, int], jpeg_quality: int) -> None:
     """Write every block scale of ``block`` to the JPEG (and raw) volume, and its seed when needed.
 
-    Order: JPEG (all scales, computing the coarse ones on the way), the seed, raw coarse scales,
-    then raw scale 0 alone, so that the largest transaction holds no other scale's encoded chunks."""
+    Order: JPEG (all scales, computing the coarse ones on the way), the seed, then raw (reading the
+    slabs again). Each scale's shards are written in the background while the next is encoded."""
     reuse_memory()
     boxes = {s: layout.block_box(block, s) for s in layout.block_scales}
     aligned = open_zarr(aligned_url, zyx(layout.size), ALIGNED_CHUNKS, create=False)
@@ -81,15 +82,18 @@ def build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: 
                     start = (z - block_z0) >> scale
                     target[start:start + level.shape[0]] = level
 
-        _write_volume(ShardWriter(jpeg_url, layout, "jpeg", jpeg_quality, pool), boxes, first_pass(), coarse)
+        writers = [ShardWriter(jpeg_url, layout, "jpeg", jpeg_quality, pool)]
+        _write_volume(writers[0], boxes, first_pass(), coarse)
         if seed_url is not None:
             last = max(boxes)
             seed = open_zarr(seed_url, zyx(layout.scale_size(last)), SEED_CHUNKS, create=True)
             (x0, y0, z0), (x1, y1, z1) = boxes[last]
             seed[z0:z1, y0:y1, x0:x1].write(coarse[last]).result()
         if raw_url is not None:
-            _write_volume(ShardWriter(raw_url, layout, "raw", None, pool), boxes, None, coarse)
-            _write_volume(ShardWriter(raw_url, layout, "raw", None, pool), boxes, _slabs(aligned, boxes[0], buffer), {})
+            writers.append(ShardWriter(raw_url, layout, "raw", None, pool))
+            _write_volume(writers[1], boxes, _slabs(aligned, boxes[0], buffer), coarse)
+        for writer in writers:
+            writer.commit()
 
 
 def build_top(seed_url: str, jpeg_url: str, raw_url: str | None, layout: PyramidLayout, jpeg_quality: int) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterator
 
 import numpy as np
@@ -64,8 +64,14 @@ def _row_chunks(row: np.ndarray) -> Iterator[np.ndarray]:
 
 
 class ShardWriter:
-    """Encodes the chunks of one precomputed volume's scales into a tensorstore transaction; nothing
-    is written until ``commit``, which writes each staged scale's shard files whole."""
+    """Encodes the chunks of one precomputed volume's scales and writes each scale's shard files
+    whole, through a tensorstore transaction per scale.
+
+    Scales are written one after the other, lowest first. Encoding runs in the background: ``write``
+    returns once its rows of chunks are queued and the previous write's chunks are staged, so the
+    pool never waits for the caller between writes; ``data`` must stay unchanged until the next
+    ``write`` or ``commit`` returns. A scale's shards are committed, in the background, as soon as
+    the writer moves to the next scale; ``commit`` writes the last one and waits for them all."""
 
     def __init__(self, url: str, layout: PyramidLayout, encoding: str, jpeg_quality: int | None,
                  pool: ThreadPoolExecutor):
@@ -77,37 +83,54 @@ class ShardWriter:
             raise ValueError(f"unknown encoding {encoding!r}")
         self._url, self._layout, self._encoding, self._quality = url, layout, encoding, jpeg_quality
         self._pool = pool
-        self._transaction = ts.Transaction()
-        self._stores: dict[int, ts.KvStore] = {}
-        self._writes: list[ts.Future] = []
-
-    def _store(self, scale: int) -> ts.KvStore:
-        if scale not in self._stores:
-            self._stores[scale] = open_shards(self._url, self._layout, scale, self._encoding, self._quality,
-                                              self._transaction)
-        return self._stores[scale]
+        self._scale: int | None = None  # the scale being staged, in self._transaction through self._store
+        self._transaction: ts.Transaction | None = None
+        self._store: ts.KvStore | None = None
+        self._queued: list[list[Future]] = []  # encoded rows of the last write, not yet staged
+        self._staged: list[ts.Future] = []
+        self._commits: list[ts.Future] = []
 
     def write(self, scale: int, origin: tuple[int, int, int], data: np.ndarray) -> None:
-        """Stage the chunks of ``data``, (z, y, x) voxels of ``scale`` from ``origin`` (x, y, z, on the
+        """Queue the chunks of ``data``, (z, y, x) voxels of ``scale`` from ``origin`` (x, y, z, on the
         chunk grid); it covers whole chunks, or reaches the volume's far edge."""
         if any(o % CHUNK for o in origin):
             raise ValueError(f"origin {origin} is not on the {CHUNK}³ chunk grid")
-        store, bits = self._store(scale), self._layout.grid_bits(scale)
+        if self._scale is not None and scale < self._scale:
+            raise ValueError(f"scale {scale} comes after scale {self._scale}: scales are written lowest first")
+        bits = self._layout.grid_bits(scale)
         cx, cy, cz = (o // CHUNK for o in origin)
-        rows = [(z, y) for z in range(0, data.shape[0], CHUNK) for y in range(0, data.shape[1], CHUNK)]
 
-        def encode_row(row: tuple[int, int]) -> list[tuple[bytes, bytes]]:
-            z, y = row
+        def encode_row(z: int, y: int) -> list[tuple[bytes, bytes]]:
             chunks = _row_chunks(data[z:z + CHUNK, y:y + CHUNK])
             return [(struct.pack(">Q", compressed_morton((cx + i, cy + y // CHUNK, cz + z // CHUNK), bits)),
                      self._encode(chunk)) for i, chunk in enumerate(chunks)]
 
-        for encoded in self._pool.map(encode_row, rows):
-            self._writes.extend(store.write(key, value) for key, value in encoded)
+        rows = [self._pool.submit(encode_row, z, y)
+                for z in range(0, data.shape[0], CHUNK) for y in range(0, data.shape[1], CHUNK)]
+        self._stage_queued()
+        if scale != self._scale:
+            self._commit_scale()
+            self._scale, self._transaction = scale, ts.Transaction()
+            self._store = open_shards(self._url, self._layout, scale, self._encoding, self._quality,
+                                      self._transaction)
+        self._queued = rows
+
+    def _stage_queued(self) -> None:
+        for row in self._queued:
+            self._staged.extend(self._store.write(key, value) for key, value in row.result())
+        self._queued = []
+
+    def _commit_scale(self) -> None:
+        """Start writing the staged scale's shard files."""
+        if self._transaction is not None:
+            for write in self._staged:
+                write.result()
+            self._commits.append(self._transaction.commit_async())
+        self._staged, self._transaction, self._store = [], None, None
 
     def commit(self) -> None:
-        for write in self._writes:
-            write.result()
-        self._transaction.commit_async().result()
-        self._writes.clear()
-        self._stores.clear()
+        self._stage_queued()
+        self._commit_scale()
+        for done in self._commits:
+            done.result()
+        self._commits, self._scale = [], None
