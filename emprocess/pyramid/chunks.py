@@ -86,7 +86,7 @@ class ShardWriter:
         self._scale: int | None = None  # the scale being staged, in self._transaction through self._store
         self._transaction: ts.Transaction | None = None
         self._store: ts.KvStore | None = None
-        self._queued: list[list[Future]] = []  # encoded rows of the last write, not yet staged
+        self._queued: list[list[Future]] = []  # the last write's rows of chunks, being encoded
         self._staged: list[ts.Future] = []
         self._commits: list[ts.Future] = []
 
@@ -129,6 +129,7 @@ class ShardWriter:
         self._staged, self._transaction, self._store = [], None, None
 
     def commit(self) -> None:
+        """Write the last scale's shard files, and wait until every scale's are written."""
         self._stage_queued()
         self._commit_scale()
         for done in self._commits:
