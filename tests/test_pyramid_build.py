@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 
-import cv2
 import numpy as np
 import pytest
+from volumes import psnr, smooth
 
 from emprocess.pyramid import chunks
 from emprocess.pyramid.build import SLAB, build_block
@@ -24,19 +24,11 @@ QUALITY = 90
 LAYOUT = PyramidLayout((200, 130, 3 * SLAB + 8), (0, 0, 0), (8, 8, 8))
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
-
-
 @pytest.fixture(scope="module")
 def block(tmp_path_factory):
     """The block's aligned slices (z, y, x) and the URLs of its JPEG and raw volumes."""
     root = tmp_path_factory.mktemp("block")
-    width, height, depth = LAYOUT.size
-    noise = np.random.default_rng(4).random((depth, height, width)).astype(np.float32)
-    slices = np.stack([cv2.normalize(cv2.GaussianBlur(p, (0, 0), 1.5), None, 0, 255, cv2.NORM_MINMAX)
-                       for p in noise]).astype(np.uint8)
+    slices = smooth(tuple(reversed(LAYOUT.size)), seed=4)
     aligned = f"file://{root}/aligned"
     open_zarr(aligned, slices.shape, ALIGNED_CHUNKS, create=True).write(slices).result()
     jpeg, raw = f"file://{root}/jpeg", f"file://{root}/raw"

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 from cloudvolume import CloudVolume
+from volumes import psnr
 
 from emprocess import storage
 from emprocess.align import transforms_url
@@ -83,11 +84,6 @@ def read_scale(ctx: RunContext, encoding: str, scale: int) -> np.ndarray:
     layout = pyramid.run_layout(ctx)
     view = open_scale(url, layout, scale, encoding, ctx.conf.jpeg_quality if encoding == "jpeg" else None)
     return view.read().result().transpose(2, 1, 0)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
 
 
 @pytest.fixture(scope="module")
