@@ -33,6 +33,17 @@ def test_every_task_uses_a_known_pool(dagbag):
     assert set(POOLS) <= pools
 
 
+def test_a_service_pool_counts_calls_in_flight(dagbag):
+    """A worker takes one slot per call it may have in flight, so a pool of N slots lets at most N
+    calls reach the service at once, whatever the DAG's width."""
+    for dag in dagbag.dags.values():
+        for task in dag.tasks:
+            if task.pool == "default_pool":
+                assert task.pool_slots == 1, task.task_id
+            else:
+                assert task.pool_slots == task.partial_kwargs["threads"] > 1, task.task_id
+
+
 def mapped_widths(dag) -> dict[str, int]:
     """Task id → how many worker instances its literal ``worker`` list maps to."""
     return {t.task_id: len(t.expand_input.value["worker"]) for t in dag.tasks if hasattr(t, "expand_input")}

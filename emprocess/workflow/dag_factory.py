@@ -96,13 +96,16 @@ def publish_task() -> dict:
 
 
 def workers(stage: str, service: str | None, width: int, task_id: str):
-    """One mapped task whose instance i is worker i of ``width`` for ``stage``."""
+    """One mapped task whose instance i is worker i of ``width`` for ``stage``. A worker that calls a
+    service takes a slot of the service's pool for each call it can have in flight, so the pool's
+    slots bound the concurrent calls to the service (what its instances can take at once)."""
     return BatchStageOperator.partial(
         task_id=task_id,
         stage=stage,
         width=width,
         threads=THREADS_PER_WORKER,
         pool=SERVICE_POOLS.get(service, "default_pool"),
+        pool_slots=THREADS_PER_WORKER if service else 1,
     ).expand(worker=list(range(width)))
 
 
