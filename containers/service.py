@@ -4,6 +4,10 @@ Each stage's endpoint takes its mini-task payload as JSON and answers ``work(pay
 a payload must lie under one of the prefixes in ``EMPROCESS_ALLOWED_PREFIXES`` (comma-separated);
 others are refused with 403 before anything is read. Bad input answers 4xx with a message naming
 the URL or key (not retried by callers); anything else is 500 (retried).
+
+A mini-task can take gigabytes (a 1024³ pyramid block ~1.5 GB, a 20k² slice up to 2 GB), so a process
+runs at most ``EMPROCESS_CONCURRENT_REQUESTS`` (default 1) at once and further requests wait their
+turn instead of running the instance out of memory; ``/healthz`` answers meanwhile.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 
 from fastapi import Body, FastAPI, HTTPException
 
@@ -46,11 +51,19 @@ def check_urls(payload: dict, prefixes: list[str]) -> None:
             raise HTTPException(status_code=403, detail=f"{url} is outside this service's allowed prefixes")
 
 
-def _handler(stage: Stage, prefixes: list[str]):
+def concurrent_requests() -> int:
+    raw = os.environ.get("EMPROCESS_CONCURRENT_REQUESTS", "1")
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"EMPROCESS_CONCURRENT_REQUESTS must be a whole number ≥ 1, got {raw!r}")
+    return int(raw)
+
+
+def _handler(stage: Stage, prefixes: list[str], admission: threading.Semaphore):
     def handle(payload: dict = Body(...)) -> dict:
         check_urls(payload, prefixes)
         try:
-            return stage.work(payload)
+            with admission:
+                return stage.work(payload)
         except FileNotFoundError as err:
             raise HTTPException(status_code=404, detail=str(err)) from None
         except (InputError, ConfError, storage.StorageError) as err:
@@ -61,16 +74,18 @@ def _handler(stage: Stage, prefixes: list[str]):
     return handle
 
 
-def build_app(service: str) -> FastAPI:
+def build_app(service: str, stages: list[Stage] | None = None) -> FastAPI:
+    """The app serving ``stages`` (by default every stage registered for ``service``)."""
     prefixes = allowed_prefixes()
+    admission = threading.Semaphore(concurrent_requests())
     app = FastAPI(title=f"emprocess {service}", version=__version__)
 
     @app.get("/healthz")
-    def healthz() -> dict:
+    async def healthz() -> dict:  # async: answered on the event loop even when every worker thread waits
         return {"ok": True, "service": service, "version": __version__}
 
-    for stage in registry.for_service(service):
-        app.post(stage.endpoint, name=stage.name)(_handler(stage, prefixes))
+    for stage in registry.for_service(service) if stages is None else stages:
+        app.post(stage.endpoint, name=stage.name)(_handler(stage, prefixes, admission))
     if not prefixes:
         log.warning("EMPROCESS_ALLOWED_PREFIXES is empty: every request with a URL will be refused")
     return app

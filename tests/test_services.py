@@ -1,13 +1,23 @@
-"""Both FastAPI services, started with uvicorn on 127.0.0.1: URL prefixes, errors, a real alignment."""
+"""Both FastAPI services, started with uvicorn on 127.0.0.1: URL prefixes, errors, a real alignment,
+and how many mini-tasks a service process runs at once."""
 
 from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Iterator
 
 import cv2
 import numpy as np
 import pytest
 import requests
+import uvicorn
 
-from emprocess.workflow.local_run import service
+from containers.service import build_app
+from emprocess.stages import Stage
+from emprocess.workflow.local_run import free_port, service
 
 
 @pytest.fixture
@@ -62,3 +72,62 @@ def test_missing_and_unreadable_images_answer_4xx_naming_the_url(fiji, stack):
     junk = f"file://{stack}/junk.png"
     reply = requests.post(fiji + "/align", json={"img1": junk, "img2": f"file://{stack}/a.png"})
     assert reply.status_code == 422 and junk in reply.json()["detail"]
+
+
+@contextmanager
+def serving(app) -> Iterator[str]:
+    """``app`` served by uvicorn on a free 127.0.0.1 port, in a thread of this process."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "the server did not start"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+def probe_stage(running: list[int], release: threading.Event) -> Stage:
+    """A stage whose mini-tasks hold their requests until ``release`` is set, recording how many ran
+    at once each time one started."""
+    lock = threading.Lock()
+    now = [0]
+
+    def work(payload: dict) -> dict:
+        with lock:
+            now[0] += 1
+            running.append(now[0])
+        release.wait(30)
+        with lock:
+            now[0] -= 1
+        return {"key": payload["key"]}
+
+    return Stage("probe", "probe", "/probe", plan=lambda ctx: [], work=work)
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_a_process_runs_at_most_its_concurrent_requests(monkeypatch, limit):
+    monkeypatch.setenv("EMPROCESS_CONCURRENT_REQUESTS", str(limit))
+    running: list[int] = []
+    release = threading.Event()
+    with serving(build_app("probe", [probe_stage(running, release)])) as url, ThreadPoolExecutor(4) as clients:
+        replies = [clients.submit(requests.post, url + "/probe", json={"key": k}, timeout=30) for k in range(4)]
+        try:
+            while len(running) < limit:
+                time.sleep(0.01)
+            time.sleep(0.3)  # time enough for a request beyond the limit to start, were it let in
+            assert len(running) == limit
+            assert requests.get(url + "/healthz", timeout=5).ok  # answered while requests wait their turn
+        finally:
+            release.set()
+        assert [r.result().json()["key"] for r in replies] == list(range(4))
+    assert len(running) == 4 and max(running) == limit
+
+
+def test_a_bad_concurrency_setting_is_refused(monkeypatch):
+    monkeypatch.setenv("EMPROCESS_CONCURRENT_REQUESTS", "0")
+    with pytest.raises(ValueError, match="EMPROCESS_CONCURRENT_REQUESTS"):
+        build_app("probe", [])
