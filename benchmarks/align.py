@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -33,11 +32,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from emprocess.cpus import usable_cpus
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TILE = 512
 SIDES = (1024, 2048, 4096)  # 1, 4 and 16 megapixels
 DOWNSAMPLES = (1, 4)
-CORES = len(os.sched_getaffinity(0))
+CORES = usable_cpus()
 
 
 def real_tiles() -> list[np.ndarray]:

@@ -49,6 +49,7 @@ from statistics import median
 import cv2
 import numpy as np
 
+from emprocess.cpus import usable_cpus
 from emprocess.pyramid.aligned import write_aligned_slice
 from emprocess.pyramid.downsample import mean2
 from emprocess.pyramid.layout import PyramidLayout
@@ -58,7 +59,7 @@ from emprocess.pyramid.writers import ALIGNED_CHUNKS, open_zarr
 
 QUALITY = 90
 SIDE = 1024
-CORES = len(os.sched_getaffinity(0))
+CORES = usable_cpus()
 
 
 def em_slices(z0: int, z1: int, seed: int = 0) -> np.ndarray:

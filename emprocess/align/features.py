@@ -12,12 +12,13 @@ which keeps matching near-linear. Keypoints are returned in full-resolution pixe
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from emprocess.cpus import usable_cpus
 
 TILE = 1024
 MARGIN = 32
@@ -96,7 +97,7 @@ def extract(prepared: np.ndarray, full_size: tuple[int, int], params: SiftParams
 def parallel_threads() -> int:
     """Threads for tiles (and match queries): one per core, at most MAX_THREADS, since each tile
     being described holds ~300 MB of pyramid."""
-    return max(1, min(MAX_THREADS, len(os.sched_getaffinity(0))))
+    return min(MAX_THREADS, usable_cpus())
 
 
 def _tile_features(prepared: np.ndarray, tile: tuple[int, int, int, int], cap: int, params: SiftParams):

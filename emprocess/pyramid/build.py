@@ -16,7 +16,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import tensorstore as ts
 
-from emprocess.pyramid.chunks import ENCODE_THREADS, ShardWriter
+from emprocess.cpus import usable_cpus
+from emprocess.pyramid.chunks import ShardWriter
 from emprocess.pyramid.downsample import mean2
 from emprocess.pyramid.layout import CHUNK, Box, PyramidLayout
 from emprocess.pyramid.memory import reuse_memory, reused_buffers
@@ -70,7 +71,7 @@ def build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: 
     boxes = {s: layout.block_box(block, s) for s in layout.block_scales}
     aligned = open_zarr(aligned_url, zyx(layout.size), ALIGNED_CHUNKS, create=False)
     block_z0 = boxes[0][0][2]
-    with reused_buffers() as buffer, ThreadPoolExecutor(ENCODE_THREADS) as pool:
+    with reused_buffers() as buffer, ThreadPoolExecutor(usable_cpus()) as pool:
         coarse = {s: buffer(f"scale {s}", [e - b for b, e in zip(*boxes[s])][::-1]) for s in boxes if s > 0}
 
         def first_pass() -> Iterator[tuple[int, np.ndarray]]:
@@ -104,7 +105,7 @@ def build_top(seed_url: str, jpeg_url: str, raw_url: str | None, layout: Pyramid
     levels = {}
     for scale in layout.top_scales:
         level = levels[scale] = mean2(level)
-    with ThreadPoolExecutor(ENCODE_THREADS) as pool:
+    with ThreadPoolExecutor(usable_cpus()) as pool:
         for url, encoding in ((jpeg_url, "jpeg"), (raw_url, "raw")):
             if url is not None:
                 writer = ShardWriter(url, layout, encoding, jpeg_quality if encoding == "jpeg" else None, pool)

@@ -13,7 +13,6 @@ volume at the far edges; a JPEG chunk is one grayscale image of the chunk's x si
 
 from __future__ import annotations
 
-import os
 import struct
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +26,6 @@ from isal import igzip
 from emprocess.pyramid.layout import CHUNK, PyramidLayout, compressed_morton
 from emprocess.pyramid.writers import open_shards
 
-ENCODE_THREADS = len(os.sched_getaffinity(0))
 RAW_GZIP_LEVEL = 1
 
 
