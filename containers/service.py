@@ -1,8 +1,9 @@
 """Build a service's FastAPI app from the stages registered for it.
 
 Each stage's endpoint takes its mini-task payload as JSON and answers ``work(payload)``. Every URL in
-a payload must lie under one of the prefixes in ``EMPROCESS_ALLOWED_PREFIXES`` (comma-separated);
-others are refused with 403 before anything is read. Bad input answers 4xx with a message naming
+a payload must lie under one of the prefixes in ``EMPROCESS_ALLOWED_PREFIXES`` (comma-separated; see
+``storage.is_under``, e.g. ``gs://B,gs://B_*`` for source bucket B and its runs' buckets); others are
+refused with 403 before anything is read. Bad input answers 4xx with a message naming
 the URL or key (not retried by callers); anything else is 500 (retried).
 
 A mini-task can take gigabytes (a 1024³ pyramid block ~1.5 GB, a 20k² slice up to 2 GB), so a process
@@ -28,8 +29,14 @@ URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 def allowed_prefixes() -> list[str]:
-    raw = os.environ.get("EMPROCESS_ALLOWED_PREFIXES", "")
-    return [p.strip() for p in raw.split(",") if p.strip()]
+    """``EMPROCESS_ALLOWED_PREFIXES``, each checked now, so that a bad one stops the service at start."""
+    prefixes = [p.strip() for p in os.environ.get("EMPROCESS_ALLOWED_PREFIXES", "").split(",") if p.strip()]
+    for prefix in prefixes:
+        try:
+            storage.check_prefix(prefix)
+        except storage.StorageError as err:
+            raise ValueError(f"EMPROCESS_ALLOWED_PREFIXES: {err}") from None
+    return prefixes
 
 
 def payload_urls(value) -> list[str]:

@@ -298,12 +298,37 @@ def make_public(url: str | Url) -> None:
         }))
 
 
+_BUCKET_STEM_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+def _bucket_wildcard(prefix: str) -> tuple[str, str] | None:
+    """(scheme, stem) of a prefix ``scheme://stem*``; None for a URL prefix."""
+    scheme, separator, rest = prefix.strip().partition("://")
+    if not separator or not rest.endswith("*"):
+        return None
+    if scheme not in ("gs", "s3") or not _BUCKET_STEM_RE.match(rest[:-1]):
+        raise StorageError(f"{prefix!r}: a wildcard prefix is the start of a gs:// or s3:// bucket name and a "
+                           f"'*', e.g. gs://lab-em_*")
+    return scheme, rest[:-1]
+
+
+def check_prefix(prefix: str) -> None:
+    """Raise StorageError, naming it, unless ``prefix`` is a usable prefix for ``is_under``."""
+    if _bucket_wildcard(prefix) is None:
+        parse(prefix)
+
+
 def is_under(url: str | Url, prefixes: list[str]) -> bool:
-    """True when ``url`` lies under one of ``prefixes`` (compared as parsed URLs, segment-wise)."""
-    u = str(parse(url)).rstrip("/") + "/"
+    """True when ``url`` lies under one of ``prefixes``, compared as parsed URLs, segment-wise. A prefix
+    ``gs://lab-em_*`` covers every bucket whose name starts with ``lab-em_``: the run locations named
+    after a source bucket, which do not exist until a run makes them."""
+    u = parse(url)
     for prefix in prefixes:
-        p = str(parse(prefix)).rstrip("/") + "/"
-        if u.startswith(p):
+        wildcard = _bucket_wildcard(prefix)
+        if wildcard is not None:
+            if u.scheme == wildcard[0] and u.bucket.startswith(wildcard[1]):
+                return True
+        elif (str(u).rstrip("/") + "/").startswith(str(parse(prefix)).rstrip("/") + "/"):
             return True
     return False
 
@@ -345,9 +370,15 @@ class RunLocations:
         return [self.process, self.ng, self.chunk, self.tmp]
 
 
+# What joins a source's name and a location's: S3 bucket names may not hold '_' (AWS refuses them).
+RUN_SEPARATOR = {"file": "_", "gs": "_", "s3": "-"}
+
+
 def run_locations(source: str, run_key: str) -> RunLocations:
-    """Buckets ``B_process/R``, ``B_ng_R``, ``B_chunk_R``, ``B_tmp_R`` (sibling folders for file://)."""
+    """Buckets ``B_process/R``, ``B_ng_R``, ``B_chunk_R``, ``B_tmp_R`` (sibling folders for file://;
+    ``-`` instead of ``_`` for S3)."""
     u = parse(source)
+    s = RUN_SEPARATOR[u.scheme]
     if u.scheme == "file":
         base = Path(u.path)
         parent, name = base.parent, base.name
@@ -358,8 +389,17 @@ def run_locations(source: str, run_key: str) -> RunLocations:
         name = u.bucket
         mk = lambda suffix, *rest: str(Url(u.scheme, name + suffix, "/".join(rest)))  # noqa: E731
     return RunLocations(
-        process=mk("_process", run_key),
-        ng=mk(f"_ng_{run_key}"),
-        chunk=mk(f"_chunk_{run_key}"),
-        tmp=mk(f"_tmp_{run_key}"),
+        process=mk(f"{s}process", run_key),
+        ng=mk(f"{s}ng{s}{run_key}"),
+        chunk=mk(f"{s}chunk{s}{run_key}"),
+        tmp=mk(f"{s}tmp{s}{run_key}"),
     )
+
+
+def run_prefixes(source: str) -> list[str]:
+    """Prefixes for ``is_under`` that cover ``source`` and the locations of every run from it: the
+    source's parent folder, or the source bucket and the buckets named after it."""
+    u = parse(source)
+    if u.scheme == "file":
+        return [str(u.parent())]
+    return [f"{u.scheme}://{u.bucket}", f"{u.scheme}://{u.bucket}{RUN_SEPARATOR[u.scheme]}*"]

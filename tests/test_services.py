@@ -131,3 +131,9 @@ def test_a_bad_concurrency_setting_is_refused(monkeypatch):
     monkeypatch.setenv("EMPROCESS_CONCURRENT_REQUESTS", "0")
     with pytest.raises(ValueError, match="EMPROCESS_CONCURRENT_REQUESTS"):
         build_app("probe", [])
+
+
+def test_a_bad_allowed_prefix_stops_the_service_at_start(monkeypatch):
+    monkeypatch.setenv("EMPROCESS_ALLOWED_PREFIXES", "gs://em-data_*,s3://")
+    with pytest.raises(ValueError, match="EMPROCESS_ALLOWED_PREFIXES: 's3://'"):
+        build_app("probe", [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import tensorstore as ts
 
 from emprocess import storage
+from emprocess.config import run_key
 from emprocess.pyramid.chunks import ShardWriter
 from emprocess.pyramid.layout import PyramidLayout
 from emprocess.pyramid.meta import write_info
@@ -259,21 +261,58 @@ def test_is_under():
     assert not storage.is_under("gs://bucket-a/x", [])
 
 
-@pytest.mark.parametrize("scheme", ["gs", "s3"])
-def test_run_locations_in_buckets(scheme):
+def test_a_wildcard_prefix_covers_the_buckets_whose_names_start_with_it():
+    assert storage.is_under("gs://em-data_ng_run-7/neuroglancer/jpeg/info", ["gs://em-data_*"])
+    assert storage.is_under("s3://em-data-tmp-run-7", ["gs://other", "s3://em-data-*"])
+    assert not storage.is_under("gs://em-data/x", ["gs://em-data_*"])  # the source bucket needs its own prefix
+    assert not storage.is_under("s3://em-data_ng_r/x", ["gs://em-data_*"])
+    assert not storage.is_under("gs://em-other_ng_r", ["gs://em-data_*"])
+
+
+@pytest.mark.parametrize("prefix", ["s3://", "gs://*", "file:///data*", "gs://Upper*", "s3://em/x*", "ftp://a*"])
+def test_unusable_prefixes_are_refused_by_name(prefix):
+    with pytest.raises(StorageError, match=re.escape(repr(prefix))):
+        storage.check_prefix(prefix)
+    with pytest.raises(StorageError, match=re.escape(repr(prefix))):
+        storage.is_under("gs://em-data/x", [prefix])
+
+
+@pytest.mark.parametrize("source", ["gs://em-data", "s3://em-data", "file:///d/em"])
+def test_run_prefixes_cover_the_source_and_every_run_location_and_nothing_else(source):
+    prefixes = storage.run_prefixes(source)
+    for prefix in prefixes:
+        storage.check_prefix(prefix)
+    for key in ("run-1", "manual-2026-12-01t09-08-04"):
+        locations = storage.run_locations(source, key)
+        for url in [source, *locations.all(), locations.jpeg, locations.aligned]:
+            assert storage.is_under(storage.join(url, "x"), prefixes), url
+    neighbour = source.replace("em-data", "em-database").replace("/d/em", "/elsewhere/em")
+    assert not storage.is_under(neighbour, prefixes)
+
+
+@pytest.mark.parametrize(("scheme", "s"), [("gs", "_"), ("s3", "-")])
+def test_run_locations_in_buckets(scheme, s):
     locations = storage.run_locations(f"{scheme}://em-data", "run-1")
     assert locations == RunLocations(
-        process=f"{scheme}://em-data_process/run-1",
-        ng=f"{scheme}://em-data_ng_run-1",
-        chunk=f"{scheme}://em-data_chunk_run-1",
-        tmp=f"{scheme}://em-data_tmp_run-1",
+        process=f"{scheme}://em-data{s}process/run-1",
+        ng=f"{scheme}://em-data{s}ng{s}run-1",
+        chunk=f"{scheme}://em-data{s}chunk{s}run-1",
+        tmp=f"{scheme}://em-data{s}tmp{s}run-1",
     )
-    assert locations.jpeg == f"{scheme}://em-data_ng_run-1/neuroglancer/jpeg"
-    assert locations.raw == f"{scheme}://em-data_chunk_run-1/neuroglancer/raw"
-    assert locations.aligned == f"{scheme}://em-data_tmp_run-1/aligned"
-    assert locations.chunkedgraph == f"{scheme}://em-data_chunk_run-1/chunkedgraph"
-    assert locations.meshes == f"{scheme}://em-data_ng_run-1/neuroglancer/segmentation/mesh"
+    assert locations.jpeg == f"{scheme}://em-data{s}ng{s}run-1/neuroglancer/jpeg"
+    assert locations.raw == f"{scheme}://em-data{s}chunk{s}run-1/neuroglancer/raw"
+    assert locations.aligned == f"{scheme}://em-data{s}tmp{s}run-1/aligned"
+    assert locations.chunkedgraph == f"{scheme}://em-data{s}chunk{s}run-1/chunkedgraph"
+    assert locations.meshes == f"{scheme}://em-data{s}ng{s}run-1/neuroglancer/segmentation/mesh"
     assert locations.all() == [locations.process, locations.ng, locations.chunk, locations.tmp]
+
+
+def test_s3_run_buckets_have_names_aws_accepts():
+    """AWS bucket names: 3-63 characters of a-z, 0-9, '.' and '-' (no '_'), starting and ending with a
+    letter or digit."""
+    key = run_key("manual__2026-12-01T09:08:41.130665+00:00")
+    for location in storage.run_locations("s3://em-data", key).all():
+        assert re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", storage.parse(location).bucket), location
 
 
 def test_run_locations_of_a_bare_name_and_a_folder():

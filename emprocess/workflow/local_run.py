@@ -86,10 +86,8 @@ def service(name: str, allowed: list[str], log_dir: Path):
 
 
 def allowed_prefixes(conf) -> list[str]:
-    """The run reads its source and writes sibling locations: allow the source's parent folder (or
-    its buckets), plus the segmentation inputs."""
-    src = storage.parse(conf.source)
-    prefixes = [str(src.parent())] if src.scheme == "file" else [f"{src.scheme}://"]
+    """The run reads its source and writes the locations named after it, plus the segmentation inputs."""
+    prefixes = storage.run_prefixes(conf.source)
     if conf.segmentation is not None:
         for url in (conf.segmentation.watershed, conf.segmentation.agglomeration):
             if url:

@@ -1,0 +1,75 @@
+"""``emprocess run`` end to end with the stack and every output in buckets, as labs run it at scale:
+the real S3 API (moto server) and GCS API (gcp-storage-emulator), real Airflow, both real services."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_end_to_end import emprocess, run_id_of
+
+from emprocess import storage
+from emprocess.lifecycle import TMP_LIFETIME_DAYS
+from emprocess.pyramid import stages as pyramid
+from emprocess.pyramid.writers import open_scale, open_zarr, zyx
+from emprocess.stages import RunContext
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> dict:
+    from emprocess.sample import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("buckets") / "sample", size=256, n_slices=4, seed=5)
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_a_stack_in_a_bucket_gives_a_complete_public_pyramid_in_buckets(request, scheme, sample, tmp_path):
+    server = request.getfixturevalue({"s3": "s3_server", "gs": "gcs_server"}[scheme])
+    source = server.new_bucket("stack")
+    for z in range(sample["minz"], sample["maxz"] + 1):
+        name = sample["image"] % z
+        storage.write(storage.join(source, name), storage.read(storage.join(sample["source"], name)))
+    conf = dict(sample, id=f"bucket-{scheme}", source=source, public=True)
+    if scheme == "gs":
+        conf["project"] = "emprocess-test"
+    conf_path = tmp_path / "conf.json"
+    conf_path.write_text(json.dumps(conf))
+
+    done = emprocess("run", str(conf_path))
+    assert done.returncode == 0, done.stderr[-5000:]
+
+    ctx = RunContext.create(conf, run_id_of(done.stdout))
+    complete = storage.read_json(storage.join(ctx.locations.process, "complete.json"))
+    assert complete["outputs"]["jpeg"] == ctx.locations.jpeg
+    for location in (ctx.locations.process, ctx.locations.ng, ctx.locations.chunk, ctx.locations.tmp):
+        assert storage.parse(location).scheme == scheme
+        assert server.bucket_exists(storage.parse(location).bucket)
+
+    layout = pyramid.run_layout(ctx)
+    aligned = open_zarr(ctx.locations.aligned, zyx(layout.size), None, create=False).read().result()
+    assert aligned.std() > 10
+    raw = [open_scale(ctx.locations.raw, layout, s, "raw", None).read().result().transpose(2, 1, 0)
+           for s in range(layout.num_scales)]
+    assert np.array_equal(raw[0], aligned)
+    assert raw[-1].shape == zyx(layout.scale_size(layout.num_scales - 1))
+    assert max(raw[-1].shape) <= 64  # complete: the top scale is a single chunk
+    jpeg = open_scale(ctx.locations.jpeg, layout, 0, "jpeg", conf.get("jpeg_quality", 90)).read().result()
+    assert np.abs(jpeg.transpose(2, 1, 0).astype(int) - aligned).mean() < 3
+
+    # publish: CORS on the viewing bucket (public: true), expiry on the tmp bucket
+    viewing, tmp = storage.parse(ctx.locations.ng).bucket, storage.parse(ctx.locations.tmp).bucket
+    if scheme == "s3":
+        import boto3
+
+        s3 = boto3.client("s3")
+        assert s3.get_bucket_cors(Bucket=viewing)["CORSRules"][0]["AllowedOrigins"] == ["*"]
+        rules = s3.get_bucket_lifecycle_configuration(Bucket=tmp)["Rules"]
+        assert [rule["Expiration"]["Days"] for rule in rules] == [TMP_LIFETIME_DAYS]
+    else:
+        from google.cloud import storage as gcs
+
+        client = gcs.Client(project=conf["project"])
+        assert client.get_bucket(viewing).cors[0]["origin"] == ["*"]
+        rules = list(client.get_bucket(tmp).lifecycle_rules)
+        assert [rule["condition"]["age"] for rule in rules] == [TMP_LIFETIME_DAYS]
