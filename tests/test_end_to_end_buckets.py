@@ -3,10 +3,13 @@ the real S3 API (moto server) and GCS API (gcp-storage-emulator), real Airflow, 
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
+from test_chunkedgraph_helpers import active_components, body_table, read_labels, same_partition, voronoi_supervoxels
+from test_chunkedgraph_helpers import write_volume as write_watershed
 from test_end_to_end import emprocess, run_id_of
 
 from emprocess import storage
@@ -14,6 +17,17 @@ from emprocess.lifecycle import TMP_LIFETIME_DAYS
 from emprocess.pyramid import stages as pyramid
 from emprocess.pyramid.writers import open_scale, open_zarr, zyx
 from emprocess.stages import RunContext
+
+SERVERS = {"s3": "s3_server", "gs": "gcs_server"}
+
+
+def run_conf(conf: dict, scheme: str, tmp_path) -> str:
+    """Write ``conf`` (with the project GCS wants for created buckets) and return its path."""
+    if scheme == "gs":
+        conf = dict(conf, project="emprocess-test")
+    path = tmp_path / "conf.json"
+    path.write_text(json.dumps(conf))
+    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +39,14 @@ def sample(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("scheme", ["s3", "gs"])
 def test_a_stack_in_a_bucket_gives_a_complete_public_pyramid_in_buckets(request, scheme, sample, tmp_path):
-    server = request.getfixturevalue({"s3": "s3_server", "gs": "gcs_server"}[scheme])
+    server = request.getfixturevalue(SERVERS[scheme])
     source = server.new_bucket("stack")
     for z in range(sample["minz"], sample["maxz"] + 1):
         name = sample["image"] % z
         storage.write(storage.join(source, name), storage.read(storage.join(sample["source"], name)))
     conf = dict(sample, id=f"bucket-{scheme}", source=source, public=True)
-    if scheme == "gs":
-        conf["project"] = "emprocess-test"
-    conf_path = tmp_path / "conf.json"
-    conf_path.write_text(json.dumps(conf))
 
-    done = emprocess("run", str(conf_path))
+    done = emprocess("run", run_conf(conf, scheme, tmp_path))
     assert done.returncode == 0, done.stderr[-5000:]
 
     ctx = RunContext.create(conf, run_id_of(done.stdout))
@@ -69,7 +79,29 @@ def test_a_stack_in_a_bucket_gives_a_complete_public_pyramid_in_buckets(request,
     else:
         from google.cloud import storage as gcs
 
-        client = gcs.Client(project=conf["project"])
+        client = gcs.Client(project="emprocess-test")
         assert client.get_bucket(viewing).cors[0]["origin"] == ["*"]
         rules = list(client.get_bucket(tmp).lifecycle_rules)
         assert [rule["condition"]["age"] for rule in rules] == [TMP_LIFETIME_DAYS]
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_a_chunkedgraph_run_reads_its_supervoxels_from_a_bucket_and_writes_the_graph_to_buckets(
+        request, scheme, tmp_path):
+    source = request.getfixturevalue(SERVERS[scheme]).new_bucket("graph")
+    watershed = voronoi_supervoxels((40, 36, 12), count=150, seed=11)
+    table = body_table(watershed, seed=4)
+    table_bytes = io.BytesIO()
+    np.save(table_bytes, table)
+    storage.write(storage.join(source, "bodies.npy"), table_bytes.getvalue())
+    segmentation = {"watershed": write_watershed(storage.join(source, "watershed"), watershed),
+                    "agglomeration": storage.join(source, "bodies.npy"), "chunk_size": [16, 16, 4]}
+    conf = {"id": f"graph-{scheme}", "image": "img%03d.png", "minz": 0, "maxz": 11, "source": source,
+            "stages": ["chunkedgraph"], "segmentation": segmentation}
+
+    done = emprocess("run", run_conf(conf, scheme, tmp_path))
+    assert done.returncode == 0, done.stderr[-5000:]
+
+    ctx = RunContext.create(conf, run_id_of(done.stdout))
+    assert storage.parse(ctx.locations.chunkedgraph).scheme == scheme
+    assert same_partition(read_labels(ctx.locations.segmentation), active_components(watershed, table))
