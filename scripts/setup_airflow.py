@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from emprocess.workflow.dag_factory import POOLS
+from emprocess.workflow.dag_factory import POOLS, THREADS_PER_WORKER
 
 
 def main() -> None:
@@ -16,9 +16,13 @@ def main() -> None:
     parser.add_argument("--align-slots", type=int, default=32, help="concurrent calls to the alignment service")
     parser.add_argument("--write-slots", type=int, default=64, help="concurrent calls to the emwrite service")
     args = parser.parse_args()
+    slots = {"emprocess_align": args.align_slots, "emprocess_write": args.write_slots}
+    for name, count in slots.items():
+        if count < THREADS_PER_WORKER:  # such a pool never has room for a worker task
+            parser.error(f"{name}: {count} slots; a worker task takes {THREADS_PER_WORKER} (one per call in "
+                         f"flight), so give it at least {THREADS_PER_WORKER}")
     from airflow.models.pool import Pool
 
-    slots = {"emprocess_align": args.align_slots, "emprocess_write": args.write_slots}
     for name, description in POOLS.items():
         Pool.create_or_update_pool(name, slots[name], description, include_deferred=False)
         print(f"pool {name}: {slots[name]} slots")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,23 @@ def test_a_service_pool_counts_calls_in_flight(dagbag):
                 assert task.pool_slots == 1, task.task_id
             else:
                 assert task.pool_slots == task.partial_kwargs["threads"] > 1, task.task_id
+
+
+def test_setup_script_makes_pools_with_room_for_a_worker_task(airflow_db):
+    from airflow.models.pool import Pool
+
+    from emprocess.workflow.dag_factory import POOLS
+
+    script = [sys.executable, str(Path(__file__).parents[1] / "scripts" / "setup_airflow.py")]
+    too_few = subprocess.run([*script, "--align-slots", "2"], capture_output=True, text=True)
+    assert too_few.returncode == 2 and "emprocess_align: 2 slots" in too_few.stderr
+    try:
+        done = subprocess.run([*script, "--align-slots", "8", "--write-slots", "12"], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert {name: Pool.get_pool(name).slots for name in POOLS} == {"emprocess_align": 8, "emprocess_write": 12}
+    finally:
+        for name, description in POOLS.items():
+            Pool.create_or_update_pool(name, 64, description, include_deferred=False)
 
 
 def mapped_widths(dag) -> dict[str, int]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,10 +43,12 @@ def sample(tmp_path_factory) -> dict:
 @pytest.mark.parametrize("scheme", ["s3", "gs"])
 def test_a_stack_in_a_bucket_gives_a_complete_public_pyramid_in_buckets(request, scheme, sample, tmp_path):
     server = request.getfixturevalue(SERVERS[scheme])
-    source = server.new_bucket("stack")
-    for z in range(sample["minz"], sample["maxz"] + 1):
-        name = sample["image"] % z
-        storage.write(storage.join(source, name), storage.read(storage.join(sample["source"], name)))
+    source = f"{scheme}://{server.bucket_name('stack')}"
+    upload = [sys.executable, str(Path(__file__).parents[1] / "scripts" / "upload_stack.py"),
+              storage.parse(sample["source"]).path, source, "--pattern", "img*.png", "--project", "emprocess-test"]
+    uploaded = subprocess.run(upload, capture_output=True, text=True)
+    assert uploaded.returncode == 0, uploaded.stderr
+    assert storage.listdir(source) == [sample["image"] % z for z in range(sample["minz"], sample["maxz"] + 1)]
     conf = dict(sample, id=f"bucket-{scheme}", source=source, public=True)
 
     done = emprocess("run", run_conf(conf, scheme, tmp_path))
