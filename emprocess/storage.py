@@ -291,6 +291,11 @@ def make_public(url: str | Url) -> None:
         s3.put_bucket_cors(Bucket=u.bucket, CORSConfiguration={"CORSRules": [{
             "AllowedOrigins": CORS_RULE["origins"], "AllowedMethods": CORS_RULE["methods"],
             "AllowedHeaders": CORS_RULE["headers"], "MaxAgeSeconds": CORS_RULE["max_age"]}]})
+        # New buckets block public policies by default (AWS, since 2023): lift that for this bucket's
+        # policy only; public ACLs stay blocked.
+        s3.put_public_access_block(Bucket=u.bucket, PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": False,
+            "RestrictPublicBuckets": False})
         s3.put_bucket_policy(Bucket=u.bucket, Policy=json.dumps({
             "Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",

@@ -79,6 +79,9 @@ def test_a_stack_in_a_bucket_gives_a_complete_public_pyramid_in_buckets(request,
 
         s3 = boto3.client("s3")
         assert s3.get_bucket_cors(Bucket=viewing)["CORSRules"][0]["AllowedOrigins"] == ["*"]
+        assert s3.get_bucket_policy_status(Bucket=viewing)["PolicyStatus"]["IsPublic"]
+        blocks = s3.get_public_access_block(Bucket=viewing)["PublicAccessBlockConfiguration"]
+        assert not blocks["BlockPublicPolicy"] and not blocks["RestrictPublicBuckets"]
         rules = s3.get_bucket_lifecycle_configuration(Bucket=tmp)["Rules"]
         assert [rule["Expiration"]["Days"] for rule in rules] == [TMP_LIFETIME_DAYS]
     else:
