@@ -54,6 +54,8 @@ def _print_outputs(conf: dict, run_id: str) -> None:
     for name, url in complete["outputs"].items():
         if url:
             print(f"  {name}: {url}")
+    if "neuroglancer" in complete:
+        print(f"  neuroglancer: {complete['neuroglancer']}")
 
 
 def cmd_run(args) -> int:

@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from emprocess import __version__, storage
 from emprocess.align import transforms_url
+from emprocess.pyramid.viewer import neuroglancer_url
 from emprocess.stages import RunContext
 
 TMP_LIFETIME_DAYS = 7
@@ -51,7 +52,8 @@ def create_env(ctx: RunContext) -> dict:
 
 
 def publish(ctx: RunContext) -> dict:
-    """Expire tmp, open the viewing location when asked, and write ``complete.json`` last."""
+    """Expire tmp, open the viewing location when asked, and write ``complete.json`` last; for a public
+    viewing bucket it holds a neuroglancer link (neuroglancer reads gs:// and s3:// sources itself)."""
     storage.set_expiry(ctx.locations.tmp, TMP_LIFETIME_DAYS)
     if ctx.conf.public:
         storage.make_public(ctx.locations.ng)
@@ -67,5 +69,8 @@ def publish(ctx: RunContext) -> dict:
             "transforms": transforms_url(ctx.locations.process) if ctx.wants("align") else None,
         },
     }
+    viewed = complete["outputs"]["jpeg"], complete["outputs"]["segmentation"]
+    if ctx.conf.public and storage.parse(ctx.locations.ng).scheme != "file" and any(viewed):
+        complete["neuroglancer"] = neuroglancer_url(viewed[0], segmentation_url=viewed[1])
     storage.write_json(storage.join(ctx.locations.process, "complete.json"), complete)
     return complete

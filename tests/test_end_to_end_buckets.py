@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -57,6 +58,9 @@ def test_a_stack_in_a_bucket_gives_a_complete_public_pyramid_in_buckets(request,
     ctx = RunContext.create(conf, run_id_of(done.stdout))
     complete = storage.read_json(storage.join(ctx.locations.process, "complete.json"))
     assert complete["outputs"]["jpeg"] == ctx.locations.jpeg
+    state = json.loads(unquote(complete["neuroglancer"].split("#!", 1)[1]))
+    assert [layer["source"] for layer in state["layers"]] == [f"precomputed://{ctx.locations.jpeg}"]
+    assert f"neuroglancer: {complete['neuroglancer']}" in done.stdout
     for location in (ctx.locations.process, ctx.locations.ng, ctx.locations.chunk, ctx.locations.tmp):
         assert storage.parse(location).scheme == scheme
         assert server.bucket_exists(storage.parse(location).bucket)

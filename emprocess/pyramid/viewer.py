@@ -1,7 +1,8 @@
 """A neuroglancer link that opens the pyramid with stock ``precomputed://`` sources.
 
-The volumes must be served over HTTP(S) with CORS and Range support (a public bucket, or a local
-server); the viewer state goes in the URL fragment as JSON, which neuroglancer reads on load.
+The volumes must be served with CORS and Range support: over HTTP(S) by a local server, or from a
+public bucket, which neuroglancer opens as gs:// or s3:// itself. The viewer state goes in the URL
+fragment as JSON, which neuroglancer reads on load.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from urllib.parse import quote
 DEFAULT_VIEWER = "https://neuroglancer-demo.appspot.com/"
 
 
-def neuroglancer_url(jpeg_url_http: str | None, raw_url_http: str | None = None,
-                     segmentation_url_http: str | None = None, *,
+def neuroglancer_url(jpeg_url: str | None, raw_url: str | None = None,
+                     segmentation_url: str | None = None, *,
                      position: tuple[float, float, float] | None = None, viewer: str = DEFAULT_VIEWER) -> str:
     """The viewer URL showing the JPEG pyramid (and the raw volume, hidden, and the root-ID
     segmentation, when given).
@@ -21,13 +22,13 @@ def neuroglancer_url(jpeg_url_http: str | None, raw_url_http: str | None = None,
     ``position`` is a voxel (x, y, z) to centre on; neuroglancer picks the volume's centre otherwise.
     """
     layers = []
-    if jpeg_url_http:
-        layers.append({"type": "image", "source": "precomputed://" + jpeg_url_http.rstrip("/"), "name": "em"})
-    if raw_url_http:
-        layers.append({"type": "image", "source": "precomputed://" + raw_url_http.rstrip("/"), "name": "raw",
+    if jpeg_url:
+        layers.append({"type": "image", "source": "precomputed://" + jpeg_url.rstrip("/"), "name": "em"})
+    if raw_url:
+        layers.append({"type": "image", "source": "precomputed://" + raw_url.rstrip("/"), "name": "raw",
                        "visible": False})
-    if segmentation_url_http:
-        layers.append({"type": "segmentation", "source": "precomputed://" + segmentation_url_http.rstrip("/"),
+    if segmentation_url:
+        layers.append({"type": "segmentation", "source": "precomputed://" + segmentation_url.rstrip("/"),
                        "name": "bodies"})
     if not layers:
         raise ValueError("a viewer link needs at least one layer")
