@@ -251,12 +251,14 @@ CORS_RULE = {"origins": ["*"], "methods": ["GET", "HEAD"], "headers": ["Range", 
 
 
 def set_expiry(url: str | Url, days: int) -> None:
-    """Delete the bucket's objects ``days`` after creation (tmp data); folders are left to the user."""
+    """Delete the bucket's objects ``days`` after creation (tmp data); folders are left to the user.
+    The rule replaces the bucket's lifecycle rules, so a resumed run's publish adds none."""
     u = parse(url)
     if u.scheme == "gs":
         from google.cloud import storage as gcs
 
         bucket = gcs.Client().get_bucket(u.bucket)
+        bucket.clear_lifecycle_rules()
         bucket.add_lifecycle_delete_rule(age=days)
         bucket.patch()
     elif u.scheme == "s3":
@@ -282,8 +284,10 @@ def make_public(url: str | Url) -> None:
                         "responseHeader": CORS_RULE["headers"], "maxAgeSeconds": CORS_RULE["max_age"]}]
         bucket.patch()
         policy = bucket.get_iam_policy(requested_policy_version=3)
-        policy.bindings.append({"role": "roles/storage.objectViewer", "members": {"allUsers"}})
-        bucket.set_iam_policy(policy)
+        public_read = {"role": "roles/storage.objectViewer", "members": {"allUsers"}}
+        if not any(b["role"] == public_read["role"] and "allUsers" in b["members"] for b in policy.bindings):
+            policy.bindings.append(public_read)
+            bucket.set_iam_policy(policy)
     elif u.scheme == "s3":
         import boto3
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 
@@ -113,6 +114,33 @@ def test_ensure_location_creates_s3_buckets_outside_us_east_1(s3_server, monkeyp
     name = s3_server.bucket_name("europe")
     storage.ensure_location(f"s3://{name}")
     assert s3_server.bucket_exists(name)
+
+
+def published_settings(scheme: str, bucket: str) -> tuple[list[int], int]:
+    """(the expiry days of the bucket's lifecycle rules, how many grants of public read it has), as
+    the bucket's own API reports them."""
+    if scheme == "s3":
+        import boto3
+
+        s3 = boto3.client("s3")
+        days = [rule["Expiration"]["Days"] for rule in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]]
+        policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+        return days, sum(statement["Principal"] == "*" for statement in policy["Statement"])
+    from google.cloud import storage as gcs
+
+    found = gcs.Client(project="emprocess-test").get_bucket(bucket)
+    days = [rule["condition"]["age"] for rule in found.lifecycle_rules]
+    policy = found.get_iam_policy(requested_policy_version=3)
+    return days, sum("allUsers" in binding["members"] for binding in policy.bindings)
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_expiry_and_public_read_are_set_once_however_often_a_run_publishes(request, scheme):
+    url = _server(request, scheme).new_bucket("published")
+    for _ in range(3):  # a resumed run publishes again
+        storage.set_expiry(url, 7)
+        storage.make_public(url)
+    assert published_settings(scheme, storage.parse(url).bucket) == ([7], 1)
 
 
 def test_ensure_location_creates_folders(tmp_path):
