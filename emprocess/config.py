@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from emprocess import storage
 
 STAGES = ("align", "pyramid", "chunkedgraph", "meshing")
-RUN_KEY_MAX = 40  # bucket names are ≤ 63 chars: "<source>_chunk_<key>" must fit
+RUN_KEY_MAX = 40  # longer run ids are cut and end in a digest
+DIGEST_LENGTH = 8
 
 
 class ConfError(ValueError):
@@ -182,14 +183,23 @@ def conf_json_schema() -> dict:
     return RunConf.model_json_schema(by_alias=True)
 
 
-def run_key(run_id: str) -> str:
-    """A bucket-safe key from an Airflow run id: lowercase, [a-z0-9-], bounded length, stable."""
+def run_key(run_id: str, source: str) -> str:
+    """A bucket-safe key from an Airflow run id: lowercase, [a-z0-9-], stable, and short enough that
+    the run's buckets named after ``source`` (``B_chunk_<key>``) stay within the 63 characters GCS and
+    S3 allow. A run id cut to fit ends in a digest of the whole, so keys stay distinct."""
     import hashlib
 
     cleaned = re.sub(r"[^a-z0-9]+", "-", run_id.lower()).strip("-")
     if not cleaned:
         raise ConfError(f"run id {run_id!r} has no usable characters")
-    if len(cleaned) > RUN_KEY_MAX:
-        digest = hashlib.sha1(run_id.encode()).hexdigest()[:8]
-        cleaned = cleaned[: RUN_KEY_MAX - 9].rstrip("-") + "-" + digest
+    room = storage.run_key_room(source)
+    limit = RUN_KEY_MAX if room is None else min(RUN_KEY_MAX, room)
+    if limit < DIGEST_LENGTH:
+        bucket = storage.parse(source).bucket
+        raise ConfError(f"'source': bucket name {bucket!r} is {len(bucket)} characters; the run's buckets are "
+                        f"named after it and need it to be at most {len(bucket) - DIGEST_LENGTH + limit}")
+    if len(cleaned) > limit:
+        digest = hashlib.sha1(run_id.encode()).hexdigest()[:DIGEST_LENGTH]
+        head = cleaned[: max(0, limit - DIGEST_LENGTH - 1)].rstrip("-")
+        cleaned = f"{head}-{digest}" if head else digest
     return cleaned

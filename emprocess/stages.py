@@ -37,7 +37,7 @@ class RunContext:
     @classmethod
     def create(cls, conf: dict | RunConf, run_id: str) -> "RunContext":
         conf = conf if isinstance(conf, RunConf) else parse_conf(conf)
-        key = run_key(run_id)
+        key = run_key(run_id, conf.source)
         return cls(conf, run_id, key, storage.run_locations(conf.source, key))
 
     def wants(self, stage: str) -> bool:

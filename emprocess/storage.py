@@ -381,6 +381,17 @@ class RunLocations:
 
 # What joins a source's name and a location's: S3 bucket names may not hold '_' (AWS refuses them).
 RUN_SEPARATOR = {"file": "_", "gs": "_", "s3": "-"}
+BUCKET_NAME_MAX = 63
+
+
+def run_key_room(source: str) -> int | None:
+    """How long a run key may be for every bucket named after ``source`` to be a valid name (the
+    longest is ``B_chunk_<key>``); None for folders."""
+    u = parse(source)
+    if u.scheme == "file":
+        return None
+    s = RUN_SEPARATOR[u.scheme]
+    return BUCKET_NAME_MAX - len(u.bucket) - len(f"{s}chunk{s}")
 
 
 def run_locations(source: str, run_key: str) -> RunLocations:

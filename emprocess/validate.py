@@ -80,7 +80,7 @@ def check_reused_alignment(ctx: RunContext) -> None:
     reuse = ctx.conf.reuse_alignment
     if reuse is None:
         return
-    url = transforms_url(storage.run_locations(ctx.conf.source, run_key(reuse)).process)
+    url = transforms_url(storage.run_locations(ctx.conf.source, run_key(reuse, ctx.conf.source)).process)
     if not storage.exists(url):
         raise ConfError(f"'reuse_alignment': run {reuse!r} has no transforms at {url}")
 

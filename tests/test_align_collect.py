@@ -170,7 +170,8 @@ def test_collect_plan_names_every_pairs_result_and_the_reused_run(tmp_path):
     assert task["payload"]["process"] == ctx.locations.process
     reused = context(tmp_path, reuse_alignment="manual__2024-01-01")
     (task,) = COLLECT.plan(reused)
-    assert task["payload"]["reuse"] == storage.run_locations(reused.conf.source, run_key("manual__2024-01-01")).process
+    reused_key = run_key("manual__2024-01-01", reused.conf.source)
+    assert task["payload"]["reuse"] == storage.run_locations(reused.conf.source, reused_key).process
     assert task["payload"]["pairs"] == []
     assert COLLECT.plan(context(tmp_path, stages=["pyramid"])) == []
 

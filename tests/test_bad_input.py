@@ -52,6 +52,8 @@ CASES = [
     ("dotdot in path", lambda c: c.update(source=c["source"] + "/../elsewhere"), None, ".."),
     ("template escaping source", lambda c: c.update(image="../img%03d.png"), None, "'image'"),
     ("invalid bucket", lambda c: c.update(source="gs://Bad_Bucket!"), None, "bucket"),
+    ("bucket name too long for the run's buckets", lambda c: c.update(source="gs://" + "a" * 50), None,
+     "'source': bucket name"),
     ("jpeg quality out of range", lambda c: c.update(jpeg_quality=0), None, "jpeg_quality"),
     ("negative clip limit", lambda c: c.update(**{"clip-limit": -0.1}), None, "clip-limit"),
     ("resolution of two values", lambda c: c.update(resolution=[8, 8]), None, "resolution"),

@@ -11,7 +11,7 @@ import pytest
 import tensorstore as ts
 
 from emprocess import storage
-from emprocess.config import run_key
+from emprocess.config import ConfError, run_key
 from emprocess.pyramid.chunks import ShardWriter
 from emprocess.pyramid.layout import PyramidLayout
 from emprocess.pyramid.meta import write_info
@@ -338,9 +338,32 @@ def test_run_locations_in_buckets(scheme, s):
 def test_s3_run_buckets_have_names_aws_accepts():
     """AWS bucket names: 3-63 characters of a-z, 0-9, '.' and '-' (no '_'), starting and ending with a
     letter or digit."""
-    key = run_key("manual__2026-12-01T09:08:41.130665+00:00")
+    key = run_key("manual__2026-12-01T09:08:41.130665+00:00", "s3://em-data")
     for location in storage.run_locations("s3://em-data", key).all():
         assert re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", storage.parse(location).bucket), location
+
+
+RUN_IDS = ["manual__2026-12-01T09:08:41.130665+00:00", "manual__2026-12-01T09:08:41.130666+00:00"]
+
+
+@pytest.mark.parametrize("source", ["gs://janelia-flyem-fibsem-raw-stacks-2026", "s3://mylab-em-stacks-eu-west-1-2026"])
+def test_run_keys_fit_the_buckets_named_after_a_long_source(source):
+    keys = {run_key(run_id, source) for run_id in RUN_IDS}
+    assert len(keys) == len(RUN_IDS)  # cut to fit, still distinct
+    for key in keys:
+        for location in storage.run_locations(source, key).all():
+            assert len(storage.parse(location).bucket) <= 63  # parse also refuses an invalid name
+
+
+def test_run_keys_of_short_sources_keep_the_whole_run_id():
+    whole = "manual-2026-12-01t09-08-41-130665-00-00"
+    assert run_key(RUN_IDS[0], "gs://em-data") == run_key(RUN_IDS[0], "s3://em-data") == whole
+    assert run_key(RUN_IDS[0], "file:///data/" + "a-long-folder-name" * 4) == whole
+
+
+def test_a_source_bucket_too_long_for_its_run_buckets_is_refused_naming_source():
+    with pytest.raises(ConfError, match="'source': bucket name 'a{50}' is 50 characters.*at most 48"):
+        run_key(RUN_IDS[0], "gs://" + "a" * 50)
 
 
 def test_run_locations_of_a_bare_name_and_a_folder():

@@ -70,7 +70,7 @@ def plan_collect(ctx: RunContext) -> list[MiniTask]:
         "source": conf.source,
         "image": conf.image,
         "skip_align": conf.skip_align,
-        "reuse": storage.run_locations(conf.source, run_key(reuse)).process if reuse else None,
+        "reuse": storage.run_locations(conf.source, run_key(reuse, conf.source)).process if reuse else None,
         "pairs": [ctx.cache_url(PAIRS.name, task["key"]) for task in plan_pairs(ctx)],
     }
     return [{"key": "collect", "payload": payload}]
