@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from airflow_support import FLAKY, FLAKY_DAG, FLAKY_STAGE, FLAKY_WIDTH
+from json_replies import send_json
 
 from emprocess import storage
 from emprocess.batch import run_share
@@ -52,12 +53,7 @@ class FlakyServer:
                     "429": (429, {"detail": "slow down"}),
                     "400": (400, {"detail": f"slice {key} is not an image"}),
                 }[step]
-                data = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, reply)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

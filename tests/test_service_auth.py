@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import crypt, jwt
+from json_replies import send_json
 
 from emprocess.workflow.service_client import IdTokenAuth, ServiceClient
 
@@ -33,13 +34,7 @@ def http_server(handle_post) -> Iterator[str]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 (http.server's name)
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            status, value = handle_post(self.path, self.headers, body)
-            data = json.dumps(value).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, *handle_post(self.path, self.headers, body))
 
         def log_message(self, *args):
             pass
