@@ -384,21 +384,25 @@ RUN_SEPARATOR = {"file": "_", "gs": "_", "s3": "-"}
 BUCKET_NAME_MAX = 63
 
 
+def _keyed_suffixes(scheme: str) -> dict[str, str]:
+    """What follows the source's name, before the run key, in the locations named per run."""
+    s = RUN_SEPARATOR[scheme]
+    return {"ng": f"{s}ng{s}", "chunk": f"{s}chunk{s}", "tmp": f"{s}tmp{s}"}
+
+
 def run_key_room(source: str) -> int | None:
-    """How long a run key may be for every bucket named after ``source`` to be a valid name (the
-    longest is ``B_chunk_<key>``); None for folders."""
+    """How long a run key may be for every bucket named after ``source`` to be a valid name; None
+    for folders."""
     u = parse(source)
     if u.scheme == "file":
         return None
-    s = RUN_SEPARATOR[u.scheme]
-    return BUCKET_NAME_MAX - len(u.bucket) - len(f"{s}chunk{s}")
+    return BUCKET_NAME_MAX - len(u.bucket) - max(map(len, _keyed_suffixes(u.scheme).values()))
 
 
 def run_locations(source: str, run_key: str) -> RunLocations:
     """Buckets ``B_process/R``, ``B_ng_R``, ``B_chunk_R``, ``B_tmp_R`` (sibling folders for file://;
     ``-`` instead of ``_`` for S3)."""
     u = parse(source)
-    s = RUN_SEPARATOR[u.scheme]
     if u.scheme == "file":
         base = Path(u.path)
         parent, name = base.parent, base.name
@@ -408,12 +412,8 @@ def run_locations(source: str, run_key: str) -> RunLocations:
             raise StorageError(f"{source!r}: source must be a bucket without a path")
         name = u.bucket
         mk = lambda suffix, *rest: str(Url(u.scheme, name + suffix, "/".join(rest)))  # noqa: E731
-    return RunLocations(
-        process=mk(f"{s}process", run_key),
-        ng=mk(f"{s}ng{s}{run_key}"),
-        chunk=mk(f"{s}chunk{s}{run_key}"),
-        tmp=mk(f"{s}tmp{s}{run_key}"),
-    )
+    keyed = {location: mk(suffix + run_key) for location, suffix in _keyed_suffixes(u.scheme).items()}
+    return RunLocations(process=mk(f"{RUN_SEPARATOR[u.scheme]}process", run_key), **keyed)
 
 
 def run_prefixes(source: str) -> list[str]:
