@@ -217,6 +217,11 @@ def read_json(url: str | Url):
     return json.loads(read(url))
 
 
+def read_json_if_exists(url: str | Url):
+    data = read_if_exists(url)
+    return None if data is None else json.loads(data)
+
+
 def write_json(url: str | Url, value) -> None:
     write(url, json.dumps(value, indent=2, sort_keys=True).encode())
 

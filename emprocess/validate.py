@@ -8,7 +8,6 @@ so a re-run can only resume the same work.
 
 from __future__ import annotations
 
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -66,11 +65,11 @@ def check_locations(ctx: RunContext) -> None:
     """Refuse locations that hold a run (started or complete) with another conf."""
     mine = ctx.conf.to_json()
     for name in ("complete.json", "init.json"):
-        previous = storage.read_if_exists(storage.join(ctx.locations.process, name))
-        if previous is not None and json.loads(previous).get("conf") != mine:
+        previous = storage.read_json_if_exists(storage.join(ctx.locations.process, name))
+        if previous is not None and previous.get("conf") != mine:
             raise ConfError(
                 f"{storage.join(ctx.locations.process, name)} holds run "
-                f"{json.loads(previous).get('run_id')!r} with another conf; use another run id or the same conf"
+                f"{previous.get('run_id')!r} with another conf; use another run id or the same conf"
             )
 
 

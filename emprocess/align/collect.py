@@ -19,7 +19,6 @@ re-exports of one dataset line up).
 
 from __future__ import annotations
 
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -108,8 +107,8 @@ def _reused(process: str, minz: int, maxz: int) -> tuple[dict, dict]:
         "transforms": {z: reused["transforms"][z] for z in keep},
         "source_sizes": {z: reused["source_sizes"][z] for z in keep},
     }
-    old_pairs = storage.read_if_exists(storage.join(process, "align", "pairs.json"))
-    entries = [] if old_pairs is None else json.loads(old_pairs)["pairs"]
+    old_pairs = storage.read_json_if_exists(storage.join(process, "align", "pairs.json"))
+    entries = [] if old_pairs is None else old_pairs["pairs"]
     entries = [e for e in entries if minz <= e["z"] < maxz]
     return transforms, _pairs(minz, maxz, "reused", entries, reused_from=process)
 

@@ -10,7 +10,6 @@ Axes are halved while their resolution is below twice the finest one, which keep
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
@@ -82,8 +81,8 @@ def _ensure_info(segmentation: str, scales: list[Scale]) -> None:
     """Write the info once; every job computes the same one, and keys others add (mesh) are kept."""
     url = volumes.info_url(segmentation)
     wanted = volumes.segmentation_info([s.info for s in scales])
-    existing = storage.read_if_exists(url)
+    existing = storage.read_json_if_exists(url)
     if existing is None:
         storage.write_json(url, wanted)
-    elif json.loads(existing).get("scales") != wanted["scales"]:
+    elif existing.get("scales") != wanted["scales"]:
         raise InputError(f"{url}: an info with other scales exists there; delete it or use a new run")

@@ -17,7 +17,6 @@ Writes: the sharded table, the supervoxel volume's ``info`` and, last, ``meta.js
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 
@@ -81,8 +80,8 @@ def prepare_graph(payload: dict) -> dict:
         test=bool(payload.get("test", False)),
         table=shard_index(supervoxels) if supervoxels.size else None,
     )
-    existing = storage.read_if_exists(meta_url(graph))
-    if existing is not None and GraphMeta.from_json(json.loads(existing)) != meta:
+    existing = storage.read_json_if_exists(meta_url(graph))
+    if existing is not None and GraphMeta.from_json(existing) != meta:
         raise InputError(f"{meta_url(graph)}: a graph with another layout or input exists there; use a new run")
 
     if supervoxels.size:

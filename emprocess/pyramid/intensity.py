@@ -11,7 +11,6 @@ sample slice writes the file, so no two tasks ever write it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Callable
 
@@ -85,11 +84,9 @@ def document(rule: Intensity, sample: list[str]) -> dict:
 
 def stack_rule(url: str, sample: list[str], read_image: Callable[[str], np.ndarray], write: bool) -> Intensity:
     """The stored rule when it was made from this sample; otherwise measure it (and store it if ``write``)."""
-    stored = None if write else storage.read_if_exists(url)
-    if stored is not None:
-        doc = json.loads(stored)
-        if doc.get("sample") == sample and doc.get("sample_step") == SAMPLE_STEP:
-            return Intensity(int(doc["low"]), int(doc["high"]))
+    doc = None if write else storage.read_json_if_exists(url)
+    if doc is not None and doc.get("sample") == sample and doc.get("sample_step") == SAMPLE_STEP:
+        return Intensity(int(doc["low"]), int(doc["high"]))
     rule = measure(sample, read_image)
     if write:
         storage.write_json(url, document(rule, sample))
