@@ -1,14 +1,17 @@
 """Run one worker's share of a stage's mini-tasks, skipping those already finished.
 
 The result cache (``<process>/cache/<stage>/<key>.json``) makes every stage resumable: a retried or
-cleared worker re-runs only the mini-tasks without a cache entry. How one mini-task is executed
-(HTTP call or in-process ``work``) is the caller's choice.
+cleared worker re-runs only the mini-tasks without a cache entry. An entry is the mini-task's result
+with one key added, ``"timing": {"started": ISO time, "seconds": s}``, which the run report sums per
+stage. How one mini-task is executed (HTTP call or in-process ``work``) is the caller's choice.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
+import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable
@@ -17,6 +20,7 @@ from emprocess import storage
 from emprocess.stages import MiniTask, RunContext, Stage, share
 
 log = logging.getLogger("emprocess.batch")
+TIMING = "timing"  # the key a cache entry adds to its mini-task's result
 
 
 class OutputCheckError(RuntimeError):
@@ -70,13 +74,10 @@ def run_share(
         if stop.is_set():
             raise Stopped(f"{stage.name} {task['key']}: stopped before it ran")
         try:
-            result = call(task)
-            if stage.check is not None and not stage.check(task["payload"], result):
-                raise OutputCheckError(f"{stage.name} {task['key']}: output check failed")
+            run_and_cache(stage, ctx, task, call)
         except BaseException:
             stop.set()  # before this thread can take another mini-task
             raise
-        storage.write_json(ctx.cache_url(stage.name, task["key"]), result)
         with lock:
             summary.done += 1
             done = summary.done
@@ -96,6 +97,21 @@ def run_share(
             raise next((e for e in errors if not isinstance(e, Stopped)), errors[0] if errors else Stopped(
                 f"{stage.name} worker {worker}/{width}: stopped"))
     return summary
+
+
+def run_and_cache(stage: Stage, ctx: RunContext, task: MiniTask, call: Callable[[MiniTask], dict]) -> dict:
+    """Run one mini-task, check its output, and cache its result with when it ran and for how long."""
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+    clock = time.perf_counter()
+    result = call(task)
+    seconds = round(time.perf_counter() - clock, 3)
+    if stage.check is not None and not stage.check(task["payload"], result):
+        raise OutputCheckError(f"{stage.name} {task['key']}: output check failed")
+    if TIMING in result:
+        raise ValueError(f"{stage.name} {task['key']}: a result may not hold the cache's own key {TIMING!r}")
+    entry = {**result, TIMING: {"started": started, "seconds": seconds}}
+    storage.write_json(ctx.cache_url(stage.name, task["key"]), entry)
+    return entry
 
 
 def run_in_process(stage: Stage, ctx: RunContext, worker: int, width: int, **kwargs) -> ShareSummary:

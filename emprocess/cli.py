@@ -1,4 +1,5 @@
-"""``emprocess``: run a DAG run locally, make the sample, run one stage's worker, show status, serve outputs."""
+"""``emprocess``: run a DAG run locally, make the sample, run one stage's worker, show status, write a run's
+report, serve outputs."""
 
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ def _print_outputs(conf: dict, run_id: str) -> None:
             print(f"  {name}: {url}")
     if "neuroglancer" in complete:
         print(f"  neuroglancer: {complete['neuroglancer']}")
+    print(f"  report: {storage.join(ctx.locations.process, 'report.html')}")
 
 
 def cmd_run(args) -> int:
@@ -88,8 +90,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_work(args) -> int:
-    from emprocess import registry, storage
-    from emprocess.batch import run_in_process
+    from emprocess import registry
+    from emprocess.batch import run_and_cache, run_in_process
     from emprocess.stages import RunContext
 
     ctx = RunContext.create(_load_conf(args.conf), args.run_id)
@@ -105,7 +107,7 @@ def cmd_work(args) -> int:
     except ValueError as err:
         raise ConfError(str(err)) from None
     stage = registry.get(f"cg.layer{args.layer}")
-    storage.write_json(ctx.cache_url(stage.name, task["key"]), stage.work(task["payload"]))
+    run_and_cache(stage, ctx, task, lambda task: stage.work(task["payload"]))
     print(f"{stage.name} chunk {task['key']} rebuilt")
     return 0
 
@@ -119,6 +121,17 @@ def cmd_status(args) -> int:
     for name, counts in stage_status(ctx, list(registry.stages().values())).items():
         total = "not planned yet" if counts["total"] is None else counts["total"]
         print(f"{name:16s} {counts['done']}/{total}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from emprocess import registry
+    from emprocess.report import write_report
+    from emprocess.stages import RunContext
+
+    ctx = RunContext.create(_load_conf(args.conf), args.run_id)
+    urls = write_report(ctx, list(registry.stages().values()))
+    print(f"report written: {urls['html']} (data: {urls['json']})")
     return 0
 
 
@@ -182,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_id")
     p.add_argument("--conf", required=True)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="write a run's report.html and report.json (any run: finished, failed "
+                                      "or running)")
+    p.add_argument("run_id")
+    p.add_argument("--conf", required=True)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("serve", help="serve a folder of local outputs to neuroglancer and print viewer links")
     p.add_argument("dir")

@@ -16,6 +16,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from emprocess import storage
+from emprocess.batch import run_and_cache
 from emprocess.chunkedgraph import chunkfile
 from emprocess.chunkedgraph.reader import ChunkedGraph
 from emprocess.chunkedgraph.stages import STAGES
@@ -71,8 +72,7 @@ def run_stage(ctx: RunContext, stage: Stage, tasks=None) -> dict[str, dict]:
         cache = ctx.cache_url(stage.name, task["key"])
         if storage.exists(cache):
             continue
-        results[task["key"]] = stage.work(task["payload"])
-        storage.write_json(cache, results[task["key"]])
+        results[task["key"]] = run_and_cache(stage, ctx, task, lambda task: stage.work(task["payload"]))
     return results
 
 

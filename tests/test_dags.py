@@ -86,6 +86,12 @@ def test_shape_depends_on_width_only(dagbag):
     assert len(task_ids) == 1, "every width has the same tasks; only the worker counts differ"
 
 
+def test_the_report_is_written_last_after_publish(dagbag):
+    for dag in dagbag.dags.values():
+        assert [t.task_id for t in dag.tasks if not t.downstream_task_ids] == ["report"]
+        assert dag.get_task("report").upstream_task_ids == {"publish"}
+
+
 def test_workers_take_every_index(dagbag):
     dag = dagbag.dags[f"emprocess_width16_v{MAJOR_MINOR}"]
     pairs = dag.get_task("align.pairs")

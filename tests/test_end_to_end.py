@@ -53,6 +53,29 @@ def test_sample_run_writes_init_and_complete(sample_run):
     assert ctx.locations.process in done.stdout
 
 
+def test_the_run_ends_with_its_report_and_the_cli_rewrites_it(sample_run, tmp_path):
+    conf, run_id, done = sample_run
+    ctx = RunContext.create(conf, run_id)
+    report_url = storage.join(ctx.locations.process, "report.json")
+    report = storage.read_json(report_url)
+    assert report["complete"] and report["run_id"] == run_id
+    stages = {row["stage"]: row for row in report["stages"]}
+    for name in ("align.pairs", "align.collect", "align.warp", "pyramid.meta", "pyramid.shard"):
+        assert stages[name]["done"] == stages[name]["total"] > 0, name
+        assert stages[name]["task_seconds"] > 0, name
+    assert stages["align.warp"]["total"] == conf["maxz"] - conf["minz"] + 1
+    assert [p["z"] for p in report["alignment"]["pairs"]] == list(range(conf["minz"], conf["maxz"]))
+    assert [t["z"] for t in report["thumbnails"]] == list(range(conf["minz"], conf["maxz"] + 1))
+    assert storage.join(ctx.locations.process, "report.html") in done.stdout
+
+    storage.delete(report_url)
+    conf_path = tmp_path / "conf.json"
+    conf_path.write_text(json.dumps(conf))
+    again = emprocess("report", run_id, "--conf", str(conf_path))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert storage.read_json(report_url) == report
+
+
 def test_resume_skips_finished_work(sample_run, tmp_path):
     conf, run_id, _ = sample_run
     ctx = RunContext.create(conf, run_id)

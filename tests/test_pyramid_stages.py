@@ -21,6 +21,7 @@ from volumes import psnr
 
 from emprocess import storage
 from emprocess.align import transforms_url
+from emprocess.batch import run_and_cache
 from emprocess.pyramid import stages as pyramid
 from emprocess.pyramid.downsample import mean2
 from emprocess.pyramid.writers import ALIGNED_CHUNKS, open_scale, open_zarr
@@ -62,9 +63,7 @@ def run_stage(stage, ctx: RunContext, on_task=None, limit: int | None = None) ->
     for task in tasks[:limit]:
         if storage.exists(ctx.cache_url(stage.name, task["key"])):
             continue
-        result = stage.work(task["payload"])
-        assert stage.check is None or stage.check(task["payload"], result), (stage.name, task["key"])
-        storage.write_json(ctx.cache_url(stage.name, task["key"]), result)
+        run_and_cache(stage, ctx, task, lambda task: stage.work(task["payload"]))
         if on_task is not None:
             on_task(stage, task)
     return tasks

@@ -95,6 +95,15 @@ def publish_task() -> dict:
     return publish(_context())
 
 
+@task(task_id="report")
+def report_task() -> dict:
+    """report.json and report.html in the process location."""
+    from emprocess import registry
+    from emprocess.report import write_report
+
+    return write_report(_context(), list(registry.stages().values()))
+
+
 def workers(stage: str, service: str | None, width: int, task_id: str):
     """One mapped task whose instance i is worker i of ``width`` for ``stage``. A worker that calls a
     service takes a slot of the service's pool for each call it can have in flight, so the pool's
@@ -137,7 +146,7 @@ def build_dag(width: int) -> DAG:
                 previous >> current
                 previous = current
             previous >> workers("cg.flatten", "emwrite", width, "flatten")
-        first >> align >> pyramid >> chunkedgraph >> publish_task()
+        first >> align >> pyramid >> chunkedgraph >> publish_task() >> report_task()
     return dag
 
 

@@ -1,0 +1,21 @@
+"""The run report: ``report.json`` and a static ``report.html`` in the run's process location.
+
+Both are made from what the run left in storage alone, so a report can be made for any run, finished
+or not: by the DAG's last task, or by ``emprocess report`` for a run that failed or is still going.
+"""
+
+from __future__ import annotations
+
+from emprocess import storage
+from emprocess.report.page import render
+from emprocess.report.summary import run_summary
+from emprocess.stages import RunContext, Stage
+
+
+def write_report(ctx: RunContext, stages: list[Stage]) -> dict:
+    """Write report.json and report.html; returns their URLs."""
+    summary = run_summary(ctx, stages)
+    urls = {name: storage.join(ctx.locations.process, f"report.{name}") for name in ("json", "html")}
+    storage.write_json(urls["json"], summary)
+    storage.write(urls["html"], render(summary).encode())
+    return urls

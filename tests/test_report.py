@@ -1,0 +1,129 @@
+"""The run report, made from what a run left in its process location (no Airflow, no services)."""
+
+from __future__ import annotations
+
+import re
+import time
+import xml.etree.ElementTree as ElementTree
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from test_align_collect import pair, rotation, translation
+
+from emprocess import registry, storage
+from emprocess.align.stages import COLLECT, PAIRS
+from emprocess.batch import run_and_cache
+from emprocess.lifecycle import create_env
+from emprocess.pyramid.stages import WARP
+from emprocess.report import write_report
+from emprocess.report.page import MAX_THUMBNAILS, render
+from emprocess.report.summary import run_summary
+from emprocess.stages import RunContext
+
+RUN_ID = "night <1> & more"
+WARP_TIMINGS = {8: ("2026-01-01T00:00:00+00:00", 2.0), 9: ("2026-01-01T00:00:01+00:00", 3.0),
+                11: ("2026-01-01T00:00:05+00:00", 0.5)}  # slice 10 has not been warped yet
+
+
+class Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
+
+
+def image_sources(page: str) -> list[str]:
+    parser = Images()
+    parser.feed(page)
+    return parser.sources
+
+
+@pytest.fixture
+def partial_run(tmp_path) -> RunContext:
+    """A run of slices 8..11 stopped during align.warp: the pairs (one affine, one translation
+    fallback, one identity fallback) and collect are done, three of four slices are warped."""
+    conf = {"id": "t", "image": "s%03d.png", "minz": 8, "maxz": 11, "source": f"file://{tmp_path}/src"}
+    ctx = RunContext.create(conf, RUN_ID)
+    create_env(ctx)
+    results = {"pairs": [pair(8, rotation(1.0)), pair(9, None, translation(3, 0)), pair(10, None, None)]}
+
+    def align_pairs(task):
+        time.sleep(0.05)
+        return results
+
+    (pairs_task,) = PAIRS.plan(ctx)
+    run_and_cache(PAIRS, ctx, pairs_task, align_pairs)
+    (collect_task,) = COLLECT.plan(ctx)
+    run_and_cache(COLLECT, ctx, collect_task, lambda task: COLLECT.work(task["payload"]))
+    for z, (started, seconds) in WARP_TIMINGS.items():
+        storage.write_json(ctx.cache_url(WARP.name, f"{z:08d}"),
+                           {"z": z, "timing": {"started": started, "seconds": seconds}})
+        thumbnail = storage.join(ctx.locations.process, "align", "thumbnails", f"{z}.png")
+        storage.write(thumbnail, b"\x89PNG")
+    return ctx
+
+
+def test_the_report_of_an_unfinished_run_counts_times_and_lists_what_it_did(partial_run):
+    ctx = partial_run
+    urls = write_report(ctx, list(registry.stages().values()))
+    report = storage.read_json(urls["json"])
+    assert report["run_id"] == RUN_ID and not report["complete"] and report["finished"] is None
+    assert report["started"] == storage.read_json(storage.join(ctx.locations.process, "init.json"))["started"]
+
+    stages = {row["stage"]: row for row in report["stages"]}
+    assert (stages["align.pairs"]["done"], stages["align.pairs"]["total"]) == (1, 1)
+    assert stages["align.pairs"]["task_seconds"] >= 0.05  # the time the mini-task took, as cached
+    warp = stages["align.warp"]
+    assert (warp["done"], warp["total"]) == (3, 4)
+    assert warp["task_seconds"] == 5.5  # 2 + 3 + 0.5
+    assert warp["wall_seconds"] == 5.5  # from 00:00:00 to 00:00:05.5
+    assert warp["started"] == "2026-01-01T00:00:00+00:00"
+    assert stages["pyramid.shard"]["done"] == 0 and stages["pyramid.shard"]["total"] > 0
+    assert stages["cg.layer2"]["total"] == 0  # no segmentation: not part of this run
+
+    alignment = report["alignment"]
+    assert alignment["slices"] == 4 and alignment["fallbacks"] == [9, 10]
+    assert [(p["z"], p["model"], p["inliers"], p["fallback"]) for p in alignment["pairs"]] == [
+        (8, "affine", 500, False), (9, "translation", 500, True), (10, "identity", None, True)]
+    assert "affine not found" in alignment["pairs"][1]["reason"]
+    assert [t["z"] for t in report["thumbnails"]] == [8, 9, 11]  # in z order, not name order
+
+
+def test_the_report_page_shows_thumbnails_charts_and_escapes_what_it_is_given(partial_run):
+    ctx = partial_run
+    urls = write_report(ctx, list(registry.stages().values()))
+    page = storage.read(urls["html"]).decode()
+    folder = Path(storage.parse(ctx.locations.process).path)
+    sources = image_sources(page)
+    assert sources == ["align/thumbnails/8.png", "align/thumbnails/9.png", "align/thumbnails/11.png"]
+    assert all((folder / source).is_file() for source in sources)  # relative to the page's folder
+
+    assert "night &lt;1&gt; &amp; more" in page and "<1>" not in page
+    assert "3 / 4" in page and "5.5 s" in page
+    charts = [ElementTree.fromstring(svg) for svg in re.findall(r"<svg.*?</svg>", page, re.DOTALL)]
+    assert len(charts) == 2  # inliers and residuals, one point per pair with a fitted model
+    for chart in charts:
+        assert len(chart.find("polyline").get("points").split()) == 2
+        assert len(chart.findall("circle")) == 2  # the two pairs that fell back
+    assert "identity used" in page  # why each fallback happened
+
+
+def test_a_long_stack_shows_a_bounded_number_of_thumbnails(partial_run):
+    summary = run_summary(partial_run, list(registry.stages().values()))
+    summary["thumbnails"] = [{"z": z, "path": f"align/thumbnails/{z}.png"} for z in range(1000)]
+    sources = image_sources(render(summary))
+    assert 0 < len(sources) <= MAX_THUMBNAILS
+    assert sources[0] == "align/thumbnails/0.png" and len(set(sources)) == len(sources)
+
+
+def test_a_result_may_not_hold_the_cache_s_own_key(partial_run):
+    ctx = partial_run
+    task = {"key": "x", "payload": {}}
+    with pytest.raises(ValueError, match="timing"):
+        run_and_cache(PAIRS, ctx, task, lambda task: {"timing": "mine"})
+    assert not storage.exists(ctx.cache_url(PAIRS.name, "x"))
+
