@@ -1,4 +1,4 @@
-"""ChunkedGraph ingest throughput and memory against the single-process floor.
+"""ChunkedGraph ingest (and meshing) throughput and memory against the single-process floor.
 
 For each dataset size: a synthetic supervoxel volume (wavy bricks of ~10³ voxels, so ≥ 200k
 supervoxels at 1024×1024×256) and a table joining rows of bricks into long bodies (along x across the
@@ -7,6 +7,7 @@ whole volume, along y, and along z), written as a precomputed watershed. Then:
 - ingest: cg.meta and every layer in-process on 2 long-lived worker processes (code imported
   before timing, as in the services);
 - flatten: the root-ID segmentation, timed apart (it is output, not graph building);
+- meshing: the bodies' multi-resolution meshes, every layer, timed apart too;
 - floor, in the same run: read the volume once, ``cc3d.contacts`` on all of it, and scipy connected
   components on the whole graph in one process;
 - peak RSS of each job, measured in a second pass where every job runs in a fresh process (Linux
@@ -31,8 +32,9 @@ import tensorstore as ts
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from emprocess import storage
+from emprocess import registry, storage
 from emprocess.chunkedgraph.stages import STAGES
+from emprocess.meshing.stages import STAGES as MESH_STAGES
 from emprocess.stages import RunContext
 
 CELL = 10  # supervoxel brick side in voxels
@@ -123,12 +125,13 @@ def _status_mb(field: str) -> float:
 def warm_worker() -> None:
     """Import the stage code up front: the services that run these jobs are long-lived processes."""
     import emprocess.chunkedgraph.stages  # noqa: F401
+    import emprocess.meshing.stages  # noqa: F401
 
 
 def run_job(args: tuple[str, dict]) -> tuple[dict, float, float, float]:
     """One mini-task in a worker process: (result, seconds, RSS before, peak RSS of this job) in MB."""
     name, payload = args
-    stage = {s.name: s for s in STAGES}[name]
+    stage = registry.get(name)
     before = _reset_peak()
     start = time.perf_counter()
     result = stage.work(payload)
@@ -139,7 +142,7 @@ def ingest(ctx: RunContext, pool, names: list[str]) -> dict[str, dict]:
     """Run the named stages in order on the pool (every job, cached or not); per stage: wall
     seconds, jobs, slowest job, and the largest RSS a worker had before a job and during one."""
     report = {}
-    for stage in [s for s in STAGES if s.name in names]:
+    for stage in map(registry.get, names):
         tasks = stage.plan(ctx)
         if not tasks:
             continue
@@ -189,26 +192,30 @@ def bench(size: tuple[int, int, int], chunk: int, root: Path, timing_pool, memor
         "minz": 0,
         "maxz": size[2] - 1,
         "source": f"file://{root}/src",
-        "stages": ["chunkedgraph"],
+        "stages": ["chunkedgraph", "meshing"],
         "segmentation": {"watershed": watershed, "agglomeration": table, "chunk_size": [chunk] * 3},
     }
     ctx = RunContext.create(conf, f"bench-{size[0]}")
     graph = [s.name for s in STAGES if s.name != "cg.flatten"]
-    timed = {**ingest(ctx, timing_pool, graph), **ingest(ctx, timing_pool, ["cg.flatten"])}
+    meshing = [s.name for s in MESH_STAGES]
+    timed = {**ingest(ctx, timing_pool, graph), **ingest(ctx, timing_pool, ["cg.flatten"]),
+             **ingest(ctx, timing_pool, meshing)}
     floor_seconds = min(floor(watershed, table) for _ in range(2))  # the floor's best of two
     memory = ingest(ctx, memory_pool, list(timed))  # again, one fresh process per job: identical bytes
     for name, r in timed.items():
         m = memory[name]
         print(
-            f"  {name:10s} {r['jobs']:3d} jobs {r['seconds']:6.1f} s, slowest job {r['job_seconds']:4.1f} s; "
+            f"  {name:11s} {r['jobs']:3d} jobs {r['seconds']:6.1f} s, slowest job {r['job_seconds']:4.1f} s; "
             f"peak RSS of a job {m['peak_mb']:5.0f} MB ({m['before_mb']:.0f} MB of it is the process before the job)"
         )
-    ingest_seconds = sum(r["seconds"] for name, r in timed.items() if name != "cg.flatten")
+    ingest_seconds = sum(r["seconds"] for name, r in timed.items() if name in graph)
     with_flatten = ingest_seconds + timed["cg.flatten"]["seconds"]
     print(f"  ingest (cg.meta + all layers, in-process, {WORKERS} workers): {ingest_seconds:.1f} s")
     print(f"  floor (read once + cc3d contacts + scipy components, 1 process): {floor_seconds:.1f} s")
     ratio, ratio_with_flatten = ingest_seconds / floor_seconds, with_flatten / floor_seconds
     print(f"  ingest / floor = {ratio:.2f} (target ≤ 4); with cg.flatten {ratio_with_flatten:.2f}")
+    meshing_seconds = sum(r["seconds"] for name, r in timed.items() if name in meshing)
+    print(f"  meshing (every layer, {WORKERS} workers): {meshing_seconds:.1f} s")
 
 
 def main() -> None:

@@ -25,8 +25,8 @@ class ConfError(ValueError):
 class MeshConf(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    simplification_factor: Annotated[float, Field(gt=1)] = 2.0
-    max_simplification_error: Annotated[float, Field(gt=0)] = 40.0
+    simplification_factor: Annotated[float, Field(gt=1)] = Field(
+        4.0, description="each level of detail keeps about 1/factor of the triangles of the level below")
 
 
 class SegmentationConf(BaseModel):
@@ -130,6 +130,8 @@ class RunConf(BaseModel):
     def _stages(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("name at least one stage")
+        if "meshing" in value and "chunkedgraph" not in value:
+            raise ValueError("meshing needs chunkedgraph in the same run: it meshes that graph's bodies")
         return sorted(set(value), key=STAGES.index)
 
     @model_validator(mode="after")

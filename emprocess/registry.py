@@ -11,9 +11,10 @@ from emprocess.stages import Stage
 def stages() -> dict[str, Stage]:
     from emprocess.align.stages import STAGES as align
     from emprocess.chunkedgraph.stages import STAGES as chunkedgraph
+    from emprocess.meshing.stages import STAGES as meshing
     from emprocess.pyramid.stages import STAGES as pyramid
 
-    found = [*align, *pyramid, *chunkedgraph]
+    found = [*align, *pyramid, *chunkedgraph, *meshing]
     by_name = {s.name: s for s in found}
     if len(by_name) != len(found):
         raise RuntimeError("two stages share a name")

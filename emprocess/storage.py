@@ -175,6 +175,13 @@ def write(url: str | Url, data: bytes) -> None:
     store.write(key, data).result()
 
 
+def write_all(objects: dict[str, bytes]) -> None:
+    """Write many objects (each as ``write`` does), all in flight at once; returns when all are written."""
+    writes = [store.write(key, data) for (store, key), data in ((_store_of(u), d) for u, d in objects.items())]
+    for done in writes:
+        done.result()
+
+
 def exists(url: str | Url) -> bool:
     store, key = _store_of(url)
     return store.read(key, byte_range=slice(0, 0)).result().state == "value"

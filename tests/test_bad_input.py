@@ -58,6 +58,7 @@ CASES = [
     ("negative clip limit", lambda c: c.update(**{"clip-limit": -0.1}), None, "clip-limit"),
     ("resolution of two values", lambda c: c.update(resolution=[8, 8]), None, "resolution"),
     ("unknown stage", lambda c: c.update(stages=["align", "segment"]), None, "stages"),
+    ("meshing without its graph", lambda c: c.update(stages=["meshing"]), None, "meshing needs chunkedgraph"),
     ("chunk size not a power of two",
      lambda c: c.update(segmentation={"watershed": c["source"], "chunk_size": [100, 128, 128]}), None, "chunk_size"),
     ("missing slice", lambda c: c.update(maxz=5), None, "img004.png does not exist"),

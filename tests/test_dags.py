@@ -82,6 +82,8 @@ def test_shape_depends_on_width_only(dagbag):
         assert widths["align.pairs"] == widths["align.warp"] == widths["pyramid.shard"] == width
         assert widths["align.collect"] == widths["pyramid.top"] == 1
         assert widths["chunkedgraph.layer2.worker"] == layer_width(2, width)
+        assert widths["meshing.layer2.worker"] == layer_width(2, width) and widths["meshing.mesh_meta"] == 1
+        assert widths["meshing.layer12.worker"] == layer_width(12, width)
         task_ids.add(frozenset(t.task_id for t in dag.tasks))
     assert len(task_ids) == 1, "every width has the same tasks; only the worker counts differ"
 

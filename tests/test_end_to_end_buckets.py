@@ -18,6 +18,7 @@ from test_end_to_end import emprocess, run_id_of
 
 from emprocess import storage
 from emprocess.lifecycle import TMP_LIFETIME_DAYS
+from emprocess.meshing.layout import manifest_url, mesh_url
 from emprocess.pyramid import stages as pyramid
 from emprocess.pyramid.writers import open_scale, open_zarr, zyx
 from emprocess.stages import RunContext
@@ -109,11 +110,15 @@ def test_a_chunkedgraph_run_reads_its_supervoxels_from_a_bucket_and_writes_the_g
     segmentation = {"watershed": write_watershed(storage.join(source, "watershed"), watershed),
                     "agglomeration": storage.join(source, "bodies.npy"), "chunk_size": [16, 16, 4]}
     conf = {"id": f"graph-{scheme}", "image": "img%03d.png", "minz": 0, "maxz": 11, "source": source,
-            "stages": ["chunkedgraph"], "segmentation": segmentation}
+            "stages": ["chunkedgraph", "meshing"], "segmentation": segmentation}
 
     done = emprocess("run", run_conf(conf, scheme, tmp_path))
     assert done.returncode == 0, done.stderr[-5000:]
 
     ctx = RunContext.create(conf, run_id_of(done.stdout))
     assert storage.parse(ctx.locations.chunkedgraph).scheme == scheme
-    assert same_partition(read_labels(ctx.locations.segmentation), active_components(watershed, table))
+    roots = read_labels(ctx.locations.segmentation)
+    assert same_partition(roots, active_components(watershed, table))
+    mesh = mesh_url(ctx.locations.segmentation)  # a multi-resolution mesh for every body, in the bucket
+    assert storage.read_json(storage.join(mesh, "info"))["@type"] == "neuroglancer_multilod_draco"
+    assert all(storage.exists(manifest_url(mesh, int(root))) for root in np.unique(roots) if root)

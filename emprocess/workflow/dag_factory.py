@@ -118,6 +118,18 @@ def workers(stage: str, service: str | None, width: int, task_id: str):
     ).expand(worker=list(range(width)))
 
 
+def layer_groups(stage_prefix: str, width: int, first):
+    """One sub-group per graph layer 2..MAX_LAYERS (stage ``f"{stage_prefix}{layer}"``), each after
+    the one below, the first after ``first``; returns the top one."""
+    previous = first
+    for layer in range(2, MAX_LAYERS + 1):
+        with TaskGroup(f"layer{layer}"):
+            current = workers(f"{stage_prefix}{layer}", "emwrite", layer_width(layer, width), "worker")
+        previous >> current
+        previous = current
+    return previous
+
+
 def build_dag(width: int) -> DAG:
     with DAG(
         dag_id=dag_id(width),
@@ -139,14 +151,11 @@ def build_dag(width: int) -> DAG:
             shards = workers("pyramid.shard", "emwrite", width, "shard")
             meta >> shards >> workers("pyramid.top", "emwrite", 1, "top")
         with TaskGroup("chunkedgraph") as chunkedgraph:
-            previous = workers("cg.meta", "emwrite", 1, "cg_meta")
-            for layer in range(2, MAX_LAYERS + 1):
-                with TaskGroup(f"layer{layer}"):
-                    current = workers(f"cg.layer{layer}", "emwrite", layer_width(layer, width), "worker")
-                previous >> current
-                previous = current
-            previous >> workers("cg.flatten", "emwrite", width, "flatten")
-        first >> align >> pyramid >> chunkedgraph >> publish_task() >> report_task()
+            top = layer_groups("cg.layer", width, workers("cg.meta", "emwrite", 1, "cg_meta"))
+            top >> workers("cg.flatten", "emwrite", width, "flatten")
+        with TaskGroup("meshing") as meshing:
+            layer_groups("mesh.layer", width, workers("mesh.meta", "emwrite", 1, "mesh_meta"))
+        first >> align >> pyramid >> chunkedgraph >> meshing >> publish_task() >> report_task()
     return dag
 
 

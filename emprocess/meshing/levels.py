@@ -1,0 +1,181 @@
+"""The meshing jobs: one per graph chunk, layer by layer, like the graph itself.
+
+* Layer 2 (level of detail 0): marching cubes (zmesh) over the chunk of the root-ID segmentation,
+  one voxel past its far faces so that the meshes of neighbouring chunks meet on the shared plane of
+  voxel centres; open there, closed at the volume's faces.
+* Layer L ≥ 3 (level of detail L − 2): for every object in the chunk, each of its fragments one level
+  below (one per child chunk) is simplified on its own, keeping its open border (so neighbouring
+  fragments still meet, and no triangle crosses a child chunk: the 2×2×2 partition the format asks
+  for), and the parts together make the object's fragment of this chunk.
+
+A root's voxels lie inside the chunk of the graph job that created it (its "origin", encoded in its
+ID); its fragments lie there too, or in the cells just below it (see ``finish_layer``). The job of
+the chunk that holds them all writes the root's ``<id>.index`` manifest and ``<id>`` fragment data;
+every job passes up, in its pending file, the fragments of the roots it does not finish. Every file
+a job writes is derived from its inputs alone (re-runs rewrite the same bytes); the pending file is
+written last, so it marks the job done.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import zmesh
+
+from emprocess import storage
+from emprocess.chunkedgraph import chunkfile, volumes
+from emprocess.chunkedgraph.ids import consumption_layer
+from emprocess.chunkedgraph.meta import GraphMeta, read_meta
+from emprocess.meshing import fragments
+from emprocess.meshing.layout import MeshLayout, manifest_url, pending_url
+from emprocess.stages import InputError
+
+MIN_TRIANGLES = 8  # a part this small is kept as it is
+
+Fragment = tuple[int, tuple[int, int, int], bytes]  # (lod, cell position, Draco bytes)
+
+
+def mesh_chunk(payload: dict) -> dict:
+    """mesh.layerL work: payload ``{"graph", "segmentation", "mesh", "pending", "layer", "chunk",
+    "simplification_factor"}``."""
+    meta = read_meta(payload["graph"])
+    layer = int(payload["layer"])
+    coords = meta.check_chunk(layer, payload["chunk"])
+    layout = MeshLayout.of(meta)
+    if layer == 2:
+        objects = _marching_cubes(meta, layout, payload["segmentation"], coords)
+    else:
+        objects = _coarser(meta, layout, payload["pending"], layer, coords, float(payload["simplification_factor"]))
+    finished = sorted(root for root in objects if _finishes_here(meta, root, layer, coords))
+    meshes = [_root_files(payload["mesh"], layout, root, objects.pop(root)) for root in finished]
+    # every fragment data file before any manifest: a manifest makes its mesh visible
+    storage.write_all({url: data for (url, data), _ in meshes})
+    storage.write_all(dict(manifest for _, manifest in meshes))
+    _write_pending(pending_url(payload["pending"], layer, coords), objects)
+    return {"layer": layer, "chunk": list(coords), "roots": len(finished), "passed_up": len(objects)}
+
+
+def finish_layer(meta: GraphMeta, root: int) -> int:
+    """The layer whose chunk holds every fragment of ``root``: the chunk of its origin, grown to take
+    in the layer-2 chunks just below it on each axis, whose jobs mesh one voxel into it and may so
+    hold the outer half-voxel of its surface there."""
+    layer, origin = meta.layout.root_origin(root)
+    span = 1 << (layer - 2)  # layer-2 chunks per axis in a layer-``layer`` chunk
+    finish = layer
+    for coordinate in origin:
+        first = coordinate * span
+        if first > 0:
+            finish = max(finish, consumption_layer(first - 1, first + span - 1))
+    return min(finish, meta.n_layers)
+
+
+def _finishes_here(meta: GraphMeta, root: int, layer: int, coords) -> bool:
+    if layer == meta.n_layers:
+        return True
+    if finish_layer(meta, root) != layer:
+        return False
+    origin_layer, origin = meta.layout.root_origin(root)
+    return tuple(c >> (layer - origin_layer) for c in origin) == tuple(coords)
+
+
+def _marching_cubes(meta: GraphMeta, layout: MeshLayout, segmentation: str, coords) -> dict[int, list[Fragment]]:
+    lo, hi = meta.chunk_bounds(coords)
+    size = np.asarray(meta.size)
+    labels = volumes.read(volumes.open_scale(segmentation, 0), lo, np.minimum(hi + 1, size))
+    # A zero plane outside the volume's faces closes the objects that touch them.
+    before, after = (lo == 0).astype(int), (hi == size).astype(int)
+    labels = np.pad(labels, list(zip(before, after)))
+    mesher = zmesh.Mesher(meta.resolution)
+    mesher.mesh(labels, close=False)
+    origin, shape = layout.cell(0, coords)
+    shift = (np.asarray(meta.voxel_offset) + lo - before) * np.asarray(meta.resolution)
+    objects = {}
+    for root in sorted(int(i) for i in mesher.ids() if i):
+        mesh = mesher.get(root, normals=False)
+        objects[root] = [(0, tuple(coords), fragments.encode(mesh.vertices + shift, mesh.faces, origin, shape))]
+    mesher.clear()
+    return objects
+
+
+def _coarser(meta: GraphMeta, layout: MeshLayout, pending: str, layer: int, coords,
+             factor: float) -> dict[int, list[Fragment]]:
+    lod = layer - 2
+    objects: dict[int, list[Fragment]] = defaultdict(list)
+    for child in meta.child_chunks(layer, coords):
+        url = pending_url(pending, layer - 1, child)
+        try:
+            for root, found in _read_pending(url).items():
+                objects[root].extend(found)
+        except FileNotFoundError:
+            raise InputError(f"{url}: the mesh job of layer {layer - 1} chunk {list(child)} has not run") from None
+    origin, shape = layout.cell(lod, coords)
+    for root, found in objects.items():
+        parts = [_simplified(layout, fragment, factor) for fragment in found if fragment[0] == lod - 1]
+        vertices, faces = _concatenate(parts)
+        found.append((lod, tuple(coords), fragments.encode(vertices, faces, origin, shape)))
+    return dict(objects)
+
+
+def _simplified(layout: MeshLayout, fragment: Fragment, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """One child fragment with about 1/``factor`` of its triangles, its open border kept in place,
+    inside its own cell."""
+    lod, position, data = fragment
+    origin, shape = layout.cell(lod, position)
+    vertices, faces = fragments.decode(data, origin, shape)
+    if len(faces) <= MIN_TRIANGLES:
+        return vertices, faces
+    target = max(MIN_TRIANGLES, int(len(faces) / factor))
+    simple = zmesh.simplify_fqmr(zmesh.Mesh(vertices.astype(np.float32), faces, None), target_count=target,
+                                 preserve_border=True)
+    return np.clip(simple.vertices, origin, origin + shape), simple.faces
+
+
+def _concatenate(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    vertices, faces, count = [], [], 0
+    for part_vertices, part_faces in parts:
+        vertices.append(np.asarray(part_vertices, np.float64))
+        faces.append(np.asarray(part_faces, np.int64) + count)
+        count += len(part_vertices)
+    if not vertices:
+        return np.zeros((0, 3)), np.zeros((0, 3), np.uint32)
+    return np.concatenate(vertices), np.concatenate(faces).astype(np.uint32)
+
+
+def _root_files(mesh: str, layout: MeshLayout, root: int,
+                found: list[Fragment]) -> tuple[tuple[str, bytes], tuple[str, bytes]]:
+    """(URL, bytes) of the root's fragment data and of its manifest."""
+    lods = max(lod for lod, _, _ in found) + 1
+    positions, sizes, data = [], [], []
+    for lod in range(lods):
+        level = [f for f in found if f[0] == lod]
+        order = fragments.zorder([position for _, position, _ in level])
+        level = [level[i] for i in order]
+        positions.append(np.asarray([position for _, position, _ in level], np.uint32).reshape(-1, 3))
+        sizes.append(np.asarray([len(fragment) for _, _, fragment in level], np.uint32))
+        data.extend(fragment for _, _, fragment in level)
+    index = fragments.manifest(layout.chunk_shape, layout.grid_origin, layout.lod_scales(lods), positions, sizes)
+    return (storage.join(mesh, str(root)), b"".join(data)), (manifest_url(mesh, root), index)
+
+
+def _write_pending(url: str, objects: dict[int, list[Fragment]]) -> None:
+    rows = [(root, lod, position, data) for root in sorted(objects)
+            for lod, position, data in sorted(objects[root], key=lambda f: (f[0], f[1]))]
+    chunkfile.write(url, {
+        "root": np.asarray([r[0] for r in rows], np.uint64),
+        "lod": np.asarray([r[1] for r in rows], np.uint8),
+        "position": np.asarray([r[2] for r in rows], np.uint32).reshape(-1, 3),
+        "size": np.asarray([len(r[3]) for r in rows], np.uint64),
+        "data": np.frombuffer(b"".join(r[3] for r in rows), np.uint8),
+    })
+
+
+def _read_pending(url: str) -> dict[int, list[Fragment]]:
+    arrays = chunkfile.read(url)
+    data = arrays["data"].tobytes()
+    ends = np.cumsum(arrays["size"])
+    objects: dict[int, list[Fragment]] = defaultdict(list)
+    for i, root in enumerate(arrays["root"].tolist()):
+        start = int(ends[i - 1]) if i else 0
+        objects[root].append((int(arrays["lod"][i]), tuple(arrays["position"][i].tolist()), data[start:int(ends[i])]))
+    return objects
