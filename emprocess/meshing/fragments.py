@@ -24,6 +24,8 @@ def encode(vertices: np.ndarray, faces: np.ndarray, origin: np.ndarray, shape: n
     clamped onto it); an empty mesh is an empty fragment."""
     if len(faces) == 0:
         return b""
+    if not np.isfinite(vertices).all():
+        raise ValueError("a mesh fragment has vertices that are not finite")
     quantized = np.clip(np.rint((vertices - origin) / shape * LEVELS), 0, LEVELS)
     return DracoPy.encode(quantized.astype(np.float32), np.asarray(faces, np.uint32),
                           quantization_bits=QUANTIZATION_BITS, quantization_range=LEVELS,

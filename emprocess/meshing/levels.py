@@ -4,9 +4,11 @@
   one voxel past its far faces so that the meshes of neighbouring chunks meet on the shared plane of
   voxel centres; open there, closed at the volume's faces.
 * Layer L ≥ 3 (level of detail L − 2): for every object in the chunk, each of its fragments one level
-  below (one per child chunk) is simplified on its own, keeping its open border (so neighbouring
-  fragments still meet, and no triangle crosses a child chunk: the 2×2×2 partition the format asks
-  for), and the parts together make the object's fragment of this chunk.
+  below (one per child chunk) is simplified on its own (so no triangle crosses a child chunk: the
+  2×2×2 partition the format asks for), and the parts together make the object's fragment of this
+  chunk. The simplifier (fqmr) is told to keep the open border, where neighbouring fragments meet;
+  it keeps most of it, not all, so coarse levels can show hairline gaps there. (zmesh's other
+  simplifier keeps the border exactly but returned NaN vertices and hung on some of these fragments.)
 
 A root's voxels lie inside the chunk of the graph job that created it (its "origin", encoded in its
 ID); its fragments lie there too, or in the cells just below it (see ``finish_layer``). The job of
@@ -118,8 +120,8 @@ def _coarser(meta: GraphMeta, layout: MeshLayout, pending: str, layer: int, coor
 
 
 def _simplified(layout: MeshLayout, fragment: Fragment, factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """One child fragment with about 1/``factor`` of its triangles, its open border kept in place,
-    inside its own cell."""
+    """One child fragment with about 1/``factor`` of its triangles, its open border (mostly) kept in
+    place, inside its own cell."""
     lod, position, data = fragment
     origin, shape = layout.cell(lod, position)
     vertices, faces = fragments.decode(data, origin, shape)
