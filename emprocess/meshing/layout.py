@@ -3,7 +3,8 @@
 Level of detail ``lod`` has one octree cell per graph chunk of layer ``lod + 2`` (fanout 2, so each
 cell splits into the 2×2×2 cells below it). The manifests and fragment data of the roots are written
 unsharded under ``<segmentation>/mesh/`` (``<id>.index`` and ``<id>``), beside the mesh ``info``;
-the per-chunk pending files of the jobs go to the run's tmp location.
+the per-chunk pending files of the jobs go to the run's tmp location, named as the graph names its
+chunk files (``meta.chunk_url``).
 """
 
 from __future__ import annotations
@@ -54,8 +55,3 @@ def mesh_url(segmentation: str) -> str:
 
 def manifest_url(mesh: str, root: int) -> str:
     return storage.join(mesh, f"{root}.index")
-
-
-def pending_url(pending: str, layer: int, coords) -> str:
-    x, y, z = (int(c) for c in coords)
-    return storage.join(pending, f"layer_{layer}", f"{x}_{y}_{z}")

@@ -28,9 +28,9 @@ import zmesh
 from emprocess import storage
 from emprocess.chunkedgraph import chunkfile, volumes
 from emprocess.chunkedgraph.ids import consumption_layer
-from emprocess.chunkedgraph.meta import GraphMeta, read_meta
+from emprocess.chunkedgraph.meta import GraphMeta, chunk_url, read_meta
 from emprocess.meshing import fragments
-from emprocess.meshing.layout import MeshLayout, manifest_url, pending_url
+from emprocess.meshing.layout import MeshLayout, manifest_url
 from emprocess.stages import InputError
 
 MIN_TRIANGLES = 8  # a part this small is kept as it is
@@ -54,7 +54,7 @@ def mesh_chunk(payload: dict) -> dict:
     # every fragment data file before any manifest: a manifest makes its mesh visible
     storage.write_all({url: data for (url, data), _ in meshes})
     storage.write_all(dict(manifest for _, manifest in meshes))
-    _write_pending(pending_url(payload["pending"], layer, coords), objects)
+    _write_pending(chunk_url(payload["pending"], layer, coords), objects)
     return {"layer": layer, "chunk": list(coords), "roots": len(finished), "passed_up": len(objects)}
 
 
@@ -105,7 +105,7 @@ def _coarser(meta: GraphMeta, layout: MeshLayout, pending: str, layer: int, coor
     lod = layer - 2
     objects: dict[int, list[Fragment]] = defaultdict(list)
     for child in meta.child_chunks(layer, coords):
-        url = pending_url(pending, layer - 1, child)
+        url = chunk_url(pending, layer - 1, child)
         try:
             for root, found in _read_pending(url).items():
                 objects[root].extend(found)

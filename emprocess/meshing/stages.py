@@ -11,9 +11,9 @@ from functools import partial
 
 from emprocess import storage
 from emprocess.chunkedgraph.ids import MAX_LAYERS
-from emprocess.chunkedgraph.meta import read_meta
+from emprocess.chunkedgraph.meta import chunk_url, read_meta
 from emprocess.chunkedgraph.volumes import info_url
-from emprocess.meshing.layout import MESH_DIRECTORY, MeshLayout, mesh_url, pending_url
+from emprocess.meshing.layout import MESH_DIRECTORY, MeshLayout, mesh_url
 from emprocess.meshing.levels import mesh_chunk
 from emprocess.stages import MiniTask, RunContext, Stage
 
@@ -58,7 +58,7 @@ def plan_layer(layer: int, ctx: RunContext) -> list[MiniTask]:
 
 
 def _pending_written(payload: dict, result: dict) -> bool:
-    return storage.exists(pending_url(payload["pending"], payload["layer"], payload["chunk"]))
+    return storage.exists(chunk_url(payload["pending"], payload["layer"], payload["chunk"]))
 
 
 STAGES = [

@@ -28,9 +28,11 @@ from emprocess.pyramid.meta import write_info, write_provenance
 from emprocess.pyramid.writers import SEED_CHUNKS, zarr_chunk_key
 from emprocess.stages import InputError, MiniTask, RunContext, Stage
 
+THUMBNAILS = "align/thumbnails"  # under the process location, one ``<z>.png`` per slice
+
 
 def thumbnail_url(ctx: RunContext, z: int) -> str:
-    return storage.join(ctx.locations.process, "align", "thumbnails", f"{z}.png")
+    return storage.join(ctx.locations.process, THUMBNAILS, f"{z}.png")
 
 
 def intensity_url(ctx: RunContext) -> str:

@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from emprocess import storage
 from emprocess.align import transforms_url
 from emprocess.batch import TIMING, stage_status
+from emprocess.pyramid.stages import THUMBNAILS
 from emprocess.stages import RunContext, Stage
 
 READ_THREADS = 16
-THUMBNAILS = "align/thumbnails"
 
 
 def run_summary(ctx: RunContext, stages: list[Stage]) -> dict:
