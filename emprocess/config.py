@@ -16,6 +16,7 @@ from emprocess import storage
 STAGES = ("align", "pyramid", "chunkedgraph", "meshing")
 RUN_KEY_MAX = 40  # longer run ids are cut and end in a digest
 DIGEST_LENGTH = 8
+EMAIL_PATTERN = r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$"  # one address
 
 
 class ConfError(ValueError):
@@ -66,7 +67,8 @@ class RunConf(BaseModel):
     maxz: int = Field(ge=0, description="last slice (inclusive)")
     source: str = Field(description="gs://bucket, s3://bucket, file:///abs/dir or a bare bucket name (= gs://)")
     project: str | None = Field(None, description="GCP project for created buckets (GCS only)")
-    email: str | None = Field(None, description="notify on success/failure")
+    email: str | None = Field(None, pattern=EMAIL_PATTERN,
+                              description="address to mail when the run ends, succeeded or failed")
     downsample_factor: int = Field(1, ge=1, le=64, description="downsample before alignment only")
     resolution: float | list[float] = Field(8.0, description="nm; a number or [x, y, z]")
     createRawPyramid: bool = Field(True, alias="createRawPyramid", description="also write the lossless raw volume")

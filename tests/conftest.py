@@ -166,3 +166,40 @@ def _fixed_gcs_routes(routes: tuple) -> tuple:
              objects.download: with_generation(with_suffix_ranges(objects.download))}
     return tuple((pattern, {method: fixes.get(handler, handler) for method, handler in methods.items()})
                  for pattern, methods in routes)
+
+
+# ==== Mail: a real SMTP server (aiosmtpd) per session =====================================================
+
+
+@dataclass
+class SmtpServer:
+    """A running SMTP server on 127.0.0.1 that keeps every message it is given."""
+
+    connection: str  # the Airflow connection URI of the server (for AIRFLOW_CONN_SMTP_DEFAULT)
+    messages: list = field(default_factory=list)  # email.message.EmailMessage, in arrival order
+
+    def to(self, address: str) -> list:
+        return [m for m in self.messages if address in m["To"]]
+
+
+@pytest.fixture(scope="session")
+def smtp_server() -> Iterator[SmtpServer]:
+    from email import message_from_bytes, policy
+
+    from aiosmtpd.controller import Controller
+
+    from emprocess.workflow.local_run import free_port
+
+    port = free_port()
+    server = SmtpServer(f"smtp://127.0.0.1:{port}?disable_ssl=true&disable_tls=true&timeout=10&retry_limit=0"
+                        "&from_email=emprocess%40lab.example")
+
+    class Inbox:
+        async def handle_DATA(self, smtp, session, envelope):
+            server.messages.append(message_from_bytes(envelope.content, policy=policy.default))
+            return "250 OK"
+
+    controller = Controller(Inbox(), hostname="127.0.0.1", port=port)
+    controller.start()
+    yield server
+    controller.stop()

@@ -187,3 +187,25 @@ def test_operator_in_a_real_dag_run(airflow_db, tmp_path, monkeypatch):
     assert "k003" in rerun and set(rerun) <= {f"k{z:03d}" for z in range(1, 10, FLAKY_WIDTH)}
     assert not set(rerun) & set(finished_before_clear)
     assert cached_keys(ctx) == [f"k{z:03d}" for z in range(10)]
+
+
+def test_a_permanent_error_fails_the_worker_without_airflow_s_retries(airflow_db, tmp_path, monkeypatch):
+    """A 4xx means the input is wrong: the worker fails at once instead of being retried by Airflow
+    (which would only call the service again and delay the failure by the retry delays)."""
+    from airflow_support import build_test_dags
+
+    dag = build_test_dags()[FLAKY_DAG]
+    for task in dag.tasks:
+        task.retries, task.retry_delay = 2, datetime.timedelta(0)
+    server = FlakyServer({"k003": ["400", "400", "400"]})
+    monkeypatch.setenv("AIRFLOW_CONN_ALIGN_CLOUD_RUN", json.dumps(
+        {"conn_type": "http", "host": "127.0.0.1", "port": int(server.url.rsplit(":", 1)[1]),
+         "extra": {"timeout": 5, "backoff_base": 0.01}}))
+    conf = {"id": "permanent", "image": "img%03d.png", "minz": 0, "maxz": 9, "source": f"file://{tmp_path}/src"}
+    try:
+        dag_run = dag.test(run_conf=conf)
+    finally:
+        server.close()
+    assert str(dag_run.state) == "failed"
+    assert server.calls["k003"] == 1
+    assert all(server.calls[f"k{z:03d}"] == 1 for z in range(10) if z != 3)

@@ -88,9 +88,12 @@ def test_shape_depends_on_width_only(dagbag):
     assert len(task_ids) == 1, "every width has the same tasks; only the worker counts differ"
 
 
-def test_the_report_is_written_last_after_publish(dagbag):
+def test_the_report_is_written_last_after_publish_and_the_mail_goes_after_it(dagbag):
     for dag in dagbag.dags.values():
-        assert [t.task_id for t in dag.tasks if not t.downstream_task_ids] == ["report"]
+        assert [t.task_id for t in dag.tasks if not t.downstream_task_ids] == ["notify"]
+        notify = dag.get_task("notify")
+        assert notify.is_teardown and not notify.on_failure_fail_dagrun  # the run's state is report's
+        assert notify.upstream_task_ids == {"report"}
         assert dag.get_task("report").upstream_task_ids == {"publish"}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -13,9 +14,13 @@ from emprocess import storage
 from emprocess.stages import RunContext
 
 
-def emprocess(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def emprocess(*args: str, timeout: float = 900, smtp: str | None = None) -> subprocess.CompletedProcess:
+    """``emprocess ARGS`` in a new process; with ``smtp``, Airflow's SMTP connection is that URI."""
+    env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_CONN_SMTP_DEFAULT"}
+    if smtp:
+        env["AIRFLOW_CONN_SMTP_DEFAULT"] = smtp
     return subprocess.run(
-        [sys.executable, "-m", "emprocess.cli", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "emprocess.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
     )
 
 
@@ -32,12 +37,13 @@ def sample(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def sample_run(sample, tmp_path_factory) -> tuple[dict, str, subprocess.CompletedProcess]:
+def sample_run(sample, tmp_path_factory, smtp_server) -> tuple[dict, str, subprocess.CompletedProcess]:
+    conf = dict(sample, email="ann@lab.example")
     conf_path = tmp_path_factory.mktemp("conf") / "conf.json"
-    conf_path.write_text(json.dumps(sample))
-    done = emprocess("run", str(conf_path))
+    conf_path.write_text(json.dumps(conf))
+    done = emprocess("run", str(conf_path), smtp=smtp_server.connection)
     assert done.returncode == 0, done.stderr[-5000:]
-    return sample, run_id_of(done.stdout), done
+    return conf, run_id_of(done.stdout), done
 
 
 def test_sample_run_writes_init_and_complete(sample_run):
@@ -76,7 +82,7 @@ def test_the_run_ends_with_its_report_and_the_cli_rewrites_it(sample_run, tmp_pa
     assert storage.read_json(report_url) == report
 
 
-def test_resume_skips_finished_work(sample_run, tmp_path):
+def test_resume_skips_finished_work(sample_run, tmp_path, smtp_server):
     conf, run_id, _ = sample_run
     ctx = RunContext.create(conf, run_id)
     cache = storage.join(ctx.locations.process, "cache")
@@ -84,7 +90,7 @@ def test_resume_skips_finished_work(sample_run, tmp_path):
     assert any(key.startswith("align.pairs/") for key in before)
     conf_path = tmp_path / "conf.json"
     conf_path.write_text(json.dumps(conf))
-    again = emprocess("run", str(conf_path), "--resume", run_id)
+    again = emprocess("run", str(conf_path), "--resume", run_id, smtp=smtp_server.connection)
     assert again.returncode == 0, again.stderr[-5000:]
     assert run_id_of(again.stdout) == run_id
     after = {key: storage.read(storage.join(cache, key)) for key in storage.listdir(cache)}
@@ -108,14 +114,43 @@ def test_single_slice_run(sample, tmp_path):
     assert list(transforms["transforms"]) == ["2"]
 
 
-def test_failed_run_names_the_task_and_error(sample, tmp_path):
-    conf = dict(sample, id="broken", maxz=sample["maxz"] + 3)
+def test_the_finished_run_mails_the_conf_address_its_report_and_outputs(sample_run, smtp_server):
+    conf, run_id, _ = sample_run
+    ctx = RunContext.create(conf, run_id)
+    mails = smtp_server.to("ann@lab.example")  # one per run of it: a resumed run mails again
+    assert mails and all(m["Subject"] == f"emprocess: {conf['id']} run {run_id} succeeded" for m in mails)
+    assert mails[0]["From"] == "emprocess@lab.example"
+    body = mails[0].get_body().get_content()
+    for url in (storage.join(ctx.locations.process, "report.html"), ctx.locations.jpeg, ctx.locations.raw):
+        assert url in body
+    assert "Failed" not in body
+
+
+def test_failed_run_names_the_task_and_error_and_mails_it(sample, tmp_path, smtp_server):
+    conf = dict(sample, id="broken", maxz=sample["maxz"] + 3, email="bob@lab.example")
+    conf_path = tmp_path / "conf.json"
+    conf_path.write_text(json.dumps(conf))
+    done = emprocess("run", str(conf_path), smtp=smtp_server.connection)
+    assert done.returncode == 1
+    assert "task validate failed" in done.stderr and "does not exist" in done.stderr
+    assert f"img{sample['maxz'] + 1:05d}.png" in done.stderr
+    [mail] = smtp_server.to("bob@lab.example")
+    assert mail["Subject"] == f"emprocess: broken run {run_id_of(done.stderr)} failed"
+    body = mail.get_body().get_content()
+    assert "<li>validate</li>" in body and "later tasks did not run" in body
+    assert "report.html" not in body  # the report task did not run either
+
+
+def test_a_conf_that_asks_for_mail_needs_an_smtp_connection(sample, tmp_path):
+    conf = dict(sample, id="unmailed", email="cy@lab.example")
     conf_path = tmp_path / "conf.json"
     conf_path.write_text(json.dumps(conf))
     done = emprocess("run", str(conf_path))
     assert done.returncode == 1
-    assert "task validate failed" in done.stderr and "does not exist" in done.stderr
-    assert f"img{sample['maxz'] + 1:05d}.png" in done.stderr
+    assert "task validate failed" in done.stderr and "'smtp_default'" in done.stderr
+    assert "AIRFLOW_CONN_SMTP_DEFAULT" in done.stderr and "task notify" not in done.stderr
+    ctx = RunContext.create(conf, run_id_of(done.stderr))
+    assert not storage.exists(storage.join(ctx.locations.process, "init.json"))
 
 
 def test_cli_rejects_a_bad_conf_before_starting(tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 
-from airflow.sdk import DAG, Param, TaskGroup, get_current_context, task
+from airflow.sdk import DAG, Connection, Param, TaskGroup, get_current_context, task
 
 from emprocess import MAJOR_MINOR, config
 from emprocess.chunkedgraph.ids import MAX_LAYERS
@@ -24,6 +24,7 @@ POOLS = {
     "emprocess_write": "concurrent calls to the emwrite service",
 }
 THREADS_PER_WORKER = 4
+SMTP_CONNECTION = "smtp_default"  # where the run-ended mail goes out (AIRFLOW_CONN_SMTP_DEFAULT)
 JSON_SCHEMA_DRAFT = "http://json-schema.org/draft-07/schema#"
 
 
@@ -73,12 +74,37 @@ def _context():
     return RunContext.create(ctx["dag_run"].conf or {}, ctx["run_id"])
 
 
+def _mail_problem() -> str | None:
+    """Why the run-ended mail cannot be sent, or None when the SMTP connection is there."""
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        smtp = Connection.get(SMTP_CONNECTION)
+    except AirflowNotFoundException:
+        return (f"there is no SMTP connection {SMTP_CONNECTION!r} to send it "
+                f"(set AIRFLOW_CONN_{SMTP_CONNECTION.upper()})")
+    if not smtp.extra_dejson.get("from_email"):
+        return f"the SMTP connection {SMTP_CONNECTION!r} has no from_email extra (the sender's address)"
+    return None
+
+
 @task(task_id="validate")
 def validate_task() -> dict:
-    """Conf, slices and locations are checked before any write."""
+    """Conf, slices and locations are checked before any write; a conf that asks for a mail needs a
+    way to send it. A refused run fails at once: retrying cannot mend its input."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from emprocess.config import ConfError
     from emprocess.validate import validate_run
 
-    return validate_run(_context())
+    try:
+        ctx = _context()
+        problem = _mail_problem() if ctx.conf.email else None
+        if problem:
+            raise ConfError(f"email: {problem}")
+        return validate_run(ctx)
+    except ConfError as err:
+        raise AirflowFailException(str(err)) from err
 
 
 @task(task_id="create_env")
@@ -102,6 +128,31 @@ def report_task() -> dict:
     from emprocess.report import write_report
 
     return write_report(_context(), list(registry.stages().values()))
+
+
+@task(task_id="notify")
+def notify_task() -> dict:
+    """Mail the conf's address that the run ended, naming the failed tasks. Made a teardown in the DAG:
+    it runs once everything before it is done, whatever happened there, and the run's state ignores it."""
+    from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+    from emprocess.notify import run_ended_mail
+
+    context = get_current_context()
+    dag_run = context["dag_run"]
+    ended = context["ti"].get_task_breadcrumbs(dag_run.dag_id, dag_run.run_id)
+    failed = [row["task_id"] if row["map_index"] < 0 else f"{row['task_id']}[{row['map_index']}]"
+              for row in ended if row["state"] == "failed"]
+    not_run = sum(row["state"] == "upstream_failed" for row in ended)
+    mail = run_ended_mail(dag_run.conf or {}, dag_run.run_id, failed, not_run)
+    if mail is None:
+        return {"sent": False}
+    problem = _mail_problem()
+    if problem:  # validate has failed the run for it already
+        return {"sent": False, "why": problem}
+    with SmtpHook(SMTP_CONNECTION) as smtp:
+        smtp.send_email_smtp(to=mail.to, subject=mail.subject, html_content=mail.html)
+    return {"sent": True, "to": mail.to, "subject": mail.subject}
 
 
 def workers(stage: str, service: str | None, width: int, task_id: str):
@@ -155,7 +206,8 @@ def build_dag(width: int) -> DAG:
             top >> workers("cg.flatten", "emwrite", width, "flatten")
         with TaskGroup("meshing") as meshing:
             layer_groups("mesh.layer", width, workers("mesh.meta", "emwrite", 1, "mesh_meta"))
-        first >> align >> pyramid >> chunkedgraph >> meshing >> publish_task() >> report_task()
+        ended = first >> align >> pyramid >> chunkedgraph >> meshing >> publish_task() >> report_task()
+        ended >> notify_task().as_teardown()
     return dag
 
 

@@ -162,8 +162,9 @@ def run_dag_test(dag, conf: dict, logical_date: datetime.datetime | None = None)
         ti = context["ti"]
         name = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"  # worker i of a mapped stage
         failed.append((name, _describe(context.get("exception"))))
-        _end_run(context["dag_run"].dag_id, context["dag_run"].run_id)
+        _end_run(context["dag_run"].dag_id, context["dag_run"].run_id, teardowns)
 
+    teardowns = [task.task_id for task in dag.tasks if task.is_teardown]
     for task in dag.tasks:
         task.retries = 0
         task.on_failure_callback = [on_failure]
@@ -173,18 +174,24 @@ def run_dag_test(dag, conf: dict, logical_date: datetime.datetime | None = None)
     return RunResult(dag_run.run_id, str(dag_run.state), failed)
 
 
-def _end_run(dag_id: str, run_id: str) -> None:
+def _end_run(dag_id: str, run_id: str, teardowns: list[str]) -> None:
     """Mark every task that has not started upstream_failed, so ``dag.test`` ends the run now
-    instead of walking the failure down the DAG one level per second."""
+    instead of walking the failure down the DAG one level per second. Teardowns (the mail) still run."""
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
     from airflow.utils.state import TaskInstanceState
 
     with create_session() as session:
         session.query(TaskInstance).filter(
-            TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id, TaskInstance.state.is_(None)
+            TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id, TaskInstance.state.is_(None),
+            TaskInstance.task_id.not_in(teardowns),
         ).update({TaskInstance.state: TaskInstanceState.UPSTREAM_FAILED}, synchronize_session=False)
 
 
 def _describe(error: BaseException | None) -> str:
+    """The error a task failed with: for a task that failed without retries, the error it was given."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    if isinstance(error, AirflowFailException) and error.__cause__ is not None:
+        error = error.__cause__
     return "unknown error" if error is None else f"{type(error).__name__}: {error}"

@@ -5,14 +5,18 @@ from __future__ import annotations
 import threading
 
 from airflow.sdk import BaseHook, BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
 
 from emprocess import registry
 from emprocess.batch import run_share
-from emprocess.stages import RunContext
-from emprocess.workflow.service_client import IdTokenAuth, ServiceClient
+from emprocess.config import ConfError
+from emprocess.stages import InputError, RunContext
+from emprocess.workflow.service_client import IdTokenAuth, PermanentError, ServiceClient
 
 SERVICE_CONNECTIONS = {"fiji": "ALIGN_CLOUD_RUN", "emwrite": "IMG_WRITE"}
 SERVICE_POOLS = {"fiji": "emprocess_align", "emwrite": "emprocess_write"}
+# Errors that a retry of the task would only meet again: the input or the conf is wrong.
+PERMANENT_ERRORS = (PermanentError, InputError, ConfError)
 
 
 def client_for(conn_id: str, stop: threading.Event) -> ServiceClient:
@@ -49,14 +53,18 @@ class BatchStageOperator(BaseOperator):
         self._stop = threading.Event()
 
     def execute(self, context) -> dict:
+        """Fails without Airflow's retries on a permanent error (its finished mini-tasks stay cached)."""
         stage = registry.get(self.stage)
-        ctx = RunContext.create(context["dag_run"].conf or {}, context["run_id"])
-        if stage.service is None:
-            call = lambda task: stage.work(task["payload"])  # noqa: E731
-        else:
-            client = client_for(SERVICE_CONNECTIONS[stage.service], self._stop)
-            call = lambda task: client.post(stage.endpoint, task["payload"])  # noqa: E731
-        summary = run_share(stage, ctx, self.worker, self.width, call, threads=self.threads, stop=self._stop)
+        try:
+            ctx = RunContext.create(context["dag_run"].conf or {}, context["run_id"])
+            if stage.service is None:
+                call = lambda task: stage.work(task["payload"])  # noqa: E731
+            else:
+                client = client_for(SERVICE_CONNECTIONS[stage.service], self._stop)
+                call = lambda task: client.post(stage.endpoint, task["payload"])  # noqa: E731
+            summary = run_share(stage, ctx, self.worker, self.width, call, threads=self.threads, stop=self._stop)
+        except PERMANENT_ERRORS as err:
+            raise AirflowFailException(str(err)) from err
         self.log.info("%s", summary)
         return vars(summary)
 
