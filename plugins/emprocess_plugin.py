@@ -1,4 +1,5 @@
-"""Airflow plugin: macros that tell where a run's outputs are, for templated fields and notifications.
+"""Airflow plugin: each DAG run's report as a "Run report" tab on the run's page, and macros that
+tell where a run's outputs are, for templated fields and notifications.
 
 In a template: ``{{ macros.emprocess.run_locations(dag_run.conf, run_id) }}``.
 """
@@ -6,6 +7,10 @@ In a template: ``{{ macros.emprocess.run_locations(dag_run.conf, run_id) }}``.
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
+
+from emprocess.workflow.report_view import app as report_app
+
+REPORT_PREFIX = "/emprocess"
 
 
 def run_locations(conf: dict, run_id: str) -> dict:
@@ -19,3 +24,10 @@ def run_locations(conf: dict, run_id: str) -> dict:
 class EmprocessPlugin(AirflowPlugin):
     name = "emprocess"
     macros = [run_locations]
+    fastapi_apps = [{"app": report_app, "url_prefix": REPORT_PREFIX, "name": "emprocess run reports"}]
+    external_views = [{
+        "name": "Run report",
+        "href": REPORT_PREFIX.lstrip("/") + "/dags/{DAG_ID}/runs/{RUN_ID}/report.html",
+        "destination": "dag_run",
+        "url_route": "emprocess-run-report",
+    }]

@@ -1,10 +1,12 @@
 """Pytest plugin (loaded with ``-p airflow_env``): a temp SQLite AIRFLOW_HOME for the whole session.
 
 It must run before anything imports Airflow, which reads its configuration at import. The DAGs
-folder holds the real emprocess DAG file and the test-only DAGs of ``airflow_support``.
+folder holds the real emprocess DAG file and the test-only DAGs of ``airflow_support``; the plugins
+folder is the project's.
 """
 
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -18,6 +20,8 @@ os.environ.update(
     AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
     AIRFLOW__CORE__LOAD_EXAMPLES="False",
     AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{HOME / 'airflow.db'}",
+    AIRFLOW__CORE__PLUGINS_FOLDER=str(Path(__file__).parents[1] / "plugins"),  # as a deployment installs it
+    AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_hex(32),  # the API server's session tokens (64 bytes)
 )
 (DAGS / "emprocess_dags.py").write_text((Path(__file__).parents[1] / "dags" / "emprocess_dags.py").read_text())
 (DAGS / "test_dags.py").write_text(

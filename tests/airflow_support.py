@@ -8,6 +8,7 @@ from emprocess.stages import RunContext, Stage
 FLAKY_STAGE = "test.flaky"
 FLAKY_DAG = "emprocess_test_flaky"
 FLAKY_WIDTH = 2
+QUIET_DAG = "emprocess_test_quiet"  # one task that does nothing: a DAG run with a conf, for the report view
 
 
 def flaky_plan(ctx: RunContext) -> list[dict]:
@@ -19,11 +20,13 @@ FLAKY = Stage(FLAKY_STAGE, "fiji", "/flaky", flaky_plan, work=lambda payload: {"
 
 
 def build_test_dags() -> dict:
-    from airflow.sdk import DAG
+    from airflow.sdk import DAG, task
 
     from emprocess.workflow.dag_factory import workers
 
     registry.stages()[FLAKY_STAGE] = FLAKY
     with DAG(FLAKY_DAG, schedule=None, catchup=False) as dag:
         workers(FLAKY_STAGE, FLAKY.service, FLAKY_WIDTH, "flaky")
-    return {FLAKY_DAG: dag}
+    with DAG(QUIET_DAG, schedule=None, catchup=False) as quiet:
+        task(lambda: None, task_id="nothing")()
+    return {FLAKY_DAG: dag, QUIET_DAG: quiet}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 import xml.etree.ElementTree as ElementTree
 from html.parser import HTMLParser
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from test_align_collect import pair, rotation, translation
 
@@ -30,16 +33,38 @@ class Images(HTMLParser):
     def __init__(self):
         super().__init__()
         self.sources: list[str] = []
+        self.links: list[str] = []
 
     def handle_starttag(self, tag, attrs):
         if tag == "img":
             self.sources.append(dict(attrs)["src"])
+        if tag == "a":
+            self.links.append(dict(attrs)["href"])
 
 
 def image_sources(page: str) -> list[str]:
     parser = Images()
     parser.feed(page)
     return parser.sources
+
+
+def image_links(page: str) -> list[str]:
+    parser = Images()
+    parser.feed(page)
+    return [link for link in parser.links if link.endswith(".png")]
+
+
+def thumbnail(z: int) -> bytes:
+    """A 600×300 thumbnail: dark left of column 100·(z − 7), bright right of it."""
+    image = np.full((300, 600), 220, np.uint8)
+    image[:, :100 * (z - 7)] = 20
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+def decoded(data_uri: str) -> np.ndarray:
+    head, payload = data_uri.split(",", 1)
+    assert head == "data:image/jpeg;base64"
+    return cv2.imdecode(np.frombuffer(base64.b64decode(payload), np.uint8), cv2.IMREAD_GRAYSCALE)
 
 
 @pytest.fixture
@@ -62,8 +87,8 @@ def partial_run(tmp_path) -> RunContext:
     for z, (started, seconds) in WARP_TIMINGS.items():
         storage.write_json(ctx.cache_url(WARP.name, f"{z:08d}"),
                            {"z": z, "timing": {"started": started, "seconds": seconds}})
-        thumbnail = storage.join(ctx.locations.process, "align", "thumbnails", f"{z}.png")
-        storage.write(thumbnail, b"\x89PNG")
+        url = storage.join(ctx.locations.process, "align", "thumbnails", f"{z}.png")
+        storage.write(url, b"not an image" if z == 11 else thumbnail(z))
     return ctx
 
 
@@ -98,9 +123,16 @@ def test_the_report_page_shows_thumbnails_charts_and_escapes_what_it_is_given(pa
     urls = write_report(ctx, list(registry.stages().values()))
     page = storage.read(urls["html"]).decode()
     folder = Path(storage.parse(ctx.locations.process).path)
-    sources = image_sources(page)
-    assert sources == ["align/thumbnails/8.png", "align/thumbnails/9.png", "align/thumbnails/11.png"]
-    assert all((folder / source).is_file() for source in sources)  # relative to the page's folder
+    links = image_links(page)
+    assert links == ["align/thumbnails/8.png", "align/thumbnails/9.png", "align/thumbnails/11.png"]
+    assert all((folder / link).is_file() for link in links)  # relative to the page's folder
+    previews = image_sources(page)
+    for z, source in zip((8, 9), previews):  # each a small copy of its thumbnail, inside the page
+        image = decoded(source)
+        assert image.shape == (96, 192)
+        dark = (image < 120).mean(axis=0) > 0.5
+        assert dark.sum() == pytest.approx(32 * (z - 7), abs=2) and not dark[32 * (z - 7) + 2:].any()
+    assert previews[2] == "align/thumbnails/11.png"  # one that cannot be decoded is linked as it is
 
     assert "night &lt;1&gt; &amp; more" in page and "<1>" not in page
     assert "3 / 4" in page and "5.5 s" in page

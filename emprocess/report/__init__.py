@@ -1,13 +1,15 @@
 """The run report: ``report.json`` and a static ``report.html`` in the run's process location.
 
 Both are made from what the run left in storage alone, so a report can be made for any run, finished
-or not: by the DAG's last task, or by ``emprocess report`` for a run that failed or is still going.
+or not: by the DAG's report task, or by ``emprocess report`` for a run that failed or is still going.
+The page embeds small previews of the slices it shows, so it needs no other file to be read.
 """
 
 from __future__ import annotations
 
 from emprocess import storage
-from emprocess.report.page import render
+from emprocess.report.page import render, shown_thumbnails
+from emprocess.report.previews import previews
 from emprocess.report.summary import run_summary
 from emprocess.stages import RunContext, Stage
 
@@ -17,5 +19,6 @@ def write_report(ctx: RunContext, stages: list[Stage]) -> dict:
     summary = run_summary(ctx, stages)
     urls = {name: storage.join(ctx.locations.process, f"report.{name}") for name in ("json", "html")}
     storage.write_json(urls["json"], summary)
-    storage.write(urls["html"], render(summary).encode())
+    shown = [t["path"] for t in shown_thumbnails(summary["thumbnails"])]
+    storage.write(urls["html"], render(summary, previews(ctx.locations.process, shown)).encode())
     return urls

@@ -26,7 +26,18 @@ svg text { font-size: 11px; fill: #444; }
 """
 
 
-def render(summary: dict) -> str:
+def thumbnail_step(count: int) -> int:
+    """The page shows every n-th of ``count`` thumbnails: all of them, or fewer of a long stack."""
+    return max(1, -(-count // MAX_THUMBNAILS))
+
+
+def shown_thumbnails(thumbnails: list[dict]) -> list[dict]:
+    return thumbnails[::thumbnail_step(len(thumbnails))]
+
+
+def render(summary: dict, previews: dict[str, str] | None = None) -> str:
+    """The page; ``previews`` maps thumbnail paths to the data URIs shown for them (a thumbnail
+    without one is shown from its path, relative to the page)."""
     state = "complete" if summary["complete"] else "not complete"
     sections = [
         f"<h1>emprocess run {escape(summary['run_id'])}</h1>",
@@ -35,7 +46,7 @@ def render(summary: dict) -> str:
         _outputs(summary),
         _stages(summary["stages"]),
         _alignment(summary["alignment"]),
-        _thumbnails(summary["thumbnails"]),
+        _thumbnails(summary["thumbnails"], previews or {}),
         "<h2>Run conf</h2>",
         f"<pre>{escape(json.dumps(summary['conf'], indent=2, sort_keys=True))}</pre>",
         "<h2>Versions</h2>",
@@ -141,13 +152,14 @@ def _chart(label: str, points: list[tuple[int, float | None]], flagged: set[int]
             f"<text x='{right}' y='{bottom + 16}' text-anchor='end'>z {last}</text></svg></figure>")
 
 
-def _thumbnails(thumbnails: list[dict]) -> str:
+def _thumbnails(thumbnails: list[dict], previews: dict[str, str]) -> str:
     if not thumbnails:
         return "<h2>Aligned slices</h2>\n<p>No thumbnails yet.</p>"
-    step = -(-len(thumbnails) // MAX_THUMBNAILS)
+    step = thumbnail_step(len(thumbnails))
     shown = thumbnails[::step]
     note = f" (one slice in {step}, of {len(thumbnails)})" if step > 1 else ""
     figures = "".join(f"<figure><a href=\"{escape(t['path'], quote=True)}\"><img loading=\"lazy\" "
-                      f"src=\"{escape(t['path'], quote=True)}\" alt=\"slice {t['z']}\"></a>"
+                      f"src=\"{escape(previews.get(t['path'], t['path']), quote=True)}\" "
+                      f"alt=\"slice {t['z']}\"></a>"
                       f"<figcaption>z {t['z']}</figcaption></figure>" for t in shown)
     return f"<h2>Aligned slices{note}</h2>\n<div>{figures}</div>"
