@@ -8,9 +8,23 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from emprocess.workflow.report_view import app as report_app
-
 REPORT_PREFIX = "/emprocess"
+
+
+class ReportApp:
+    """The run-report app (``emprocess.workflow.report_view``), imported at its first request: task
+    processes load this plugin too, for its macros, and importing the API server's modules takes them
+    seconds."""
+
+    def __init__(self) -> None:
+        self._app = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self._app is None:
+            from emprocess.workflow.report_view import app
+
+            self._app = app
+        await self._app(scope, receive, send)
 
 
 def run_locations(conf: dict, run_id: str) -> dict:
@@ -24,7 +38,7 @@ def run_locations(conf: dict, run_id: str) -> dict:
 class EmprocessPlugin(AirflowPlugin):
     name = "emprocess"
     macros = [run_locations]
-    fastapi_apps = [{"app": report_app, "url_prefix": REPORT_PREFIX, "name": "emprocess run reports"}]
+    fastapi_apps = [{"app": ReportApp(), "url_prefix": REPORT_PREFIX, "name": "emprocess run reports"}]
     external_views = [{
         "name": "Run report",
         "href": REPORT_PREFIX.lstrip("/") + "/dags/{DAG_ID}/runs/{RUN_ID}/report.html",
