@@ -6,9 +6,9 @@
 * Layer L ≥ 3 (level of detail L − 2): for every object in the chunk, each of its fragments one level
   below (one per child chunk) is simplified on its own (so no triangle crosses a child chunk: the
   2×2×2 partition the format asks for), and the parts together make the object's fragment of this
-  chunk. The simplifier (fqmr) is told to keep the open border, where neighbouring fragments meet;
-  it keeps most of it, not all, so coarse levels can show hairline gaps there. (zmesh's other
-  simplifier keeps the border exactly but returned NaN vertices and hung on some of these fragments.)
+  chunk. The simplifier (meshoptimizer) locks the open border of each part in place: where
+  neighbouring fragments meet, both keep the same vertices, so no level has gaps. A part's seams
+  between its own children are welded when it is decoded, so they are simplified away one level up.
 
 A root's voxels lie inside the chunk of the graph job that created it (its "origin", encoded in its
 ID); its fragments lie there too, or in the cells just below it (see ``finish_layer``). The job of
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import meshoptimizer
 import numpy as np
 import zmesh
 
@@ -120,17 +121,19 @@ def _coarser(meta: GraphMeta, layout: MeshLayout, pending: str, layer: int, coor
 
 
 def _simplified(layout: MeshLayout, fragment: Fragment, factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """One child fragment with about 1/``factor`` of its triangles, its open border (mostly) kept in
-    place, inside its own cell."""
+    """One child fragment with about 1/``factor`` of its triangles, its open border kept exactly
+    (meshoptimizer only collapses edges onto existing vertices, so it stays inside its own cell)."""
     lod, position, data = fragment
     origin, shape = layout.cell(lod, position)
     vertices, faces = fragments.decode(data, origin, shape)
     if len(faces) <= MIN_TRIANGLES:
         return vertices, faces
     target = max(MIN_TRIANGLES, int(len(faces) / factor))
-    simple = zmesh.simplify_fqmr(zmesh.Mesh(vertices.astype(np.float32), faces, None), target_count=target,
-                                 preserve_border=True)
-    return np.clip(simple.vertices, origin, origin + shape), simple.faces
+    kept = np.empty(faces.size, np.uint32)
+    count = meshoptimizer.simplify(kept, faces.reshape(-1), vertices.astype(np.float32), target_index_count=3 * target,
+                                   target_error=1.0, options=meshoptimizer.SIMPLIFY_LOCK_BORDER)
+    used, simple = np.unique(kept[:count], return_inverse=True)
+    return vertices[used], simple.reshape(-1, 3).astype(np.uint32)
 
 
 def _concatenate(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
