@@ -59,7 +59,9 @@ def test_a_viewer_reads_the_report_and_its_thumbnails(api_server, reported_run):
     page = requests.get(f"{base}/report.html", cookies=cookies)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert page.content == storage.read(storage.join(ctx.locations.process, "report.html"))
-    assert "script-src" not in page.headers["content-security-policy"]  # default-src 'none': no scripts
+    policy = dict(rule.strip().split(" ", 1) for rule in page.headers["content-security-policy"].split(";"))
+    assert policy["default-src"] == "'none'" and "script-src" not in policy  # no scripts run
+    assert policy["img-src"].split() == ["'self'", "data:"]  # the embedded previews and the thumbnails show
     summary = requests.get(f"{base}/report.json", headers={"Authorization": f"Bearer {token('viewer')}"})
     assert summary.json()["run_id"] == run_id
     thumbnail = requests.get(f"{base}/align/thumbnails/0.png", cookies=cookies)

@@ -206,8 +206,8 @@ def build_dag(width: int) -> DAG:
             top >> workers("cg.flatten", "emwrite", width, "flatten")
         with TaskGroup("meshing") as meshing:
             layer_groups("mesh.layer", width, workers("mesh.meta", "emwrite", 1, "mesh_meta"))
-        ended = first >> align >> pyramid >> chunkedgraph >> meshing >> publish_task() >> report_task()
-        ended >> notify_task().as_teardown()
+        report = first >> align >> pyramid >> chunkedgraph >> meshing >> publish_task() >> report_task()
+        report >> notify_task().as_teardown()
     return dag
 
 

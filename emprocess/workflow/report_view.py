@@ -27,8 +27,8 @@ from emprocess.stages import RunContext
 REPORT_FILES = re.compile(r"report\.html|report\.json|align/thumbnails/\d+\.png")
 MEDIA_TYPES = {"html": "text/html; charset=utf-8", "json": "application/json", "png": "image/png"}
 # The page is static and escaped; the policy keeps it inert even so: no scripts, frames or requests
-# anywhere but its own thumbnails.
-CONTENT_POLICY = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; frame-ancestors 'self'"
+# anywhere but its embedded previews and its own thumbnails.
+CONTENT_POLICY = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; frame-ancestors 'self'"
 
 app = FastAPI(title="emprocess run reports", description=__doc__)
 
