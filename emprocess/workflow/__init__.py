@@ -1,1 +1,6 @@
 """Airflow-only code: the batch operator, task groups and the DAG factory."""
+
+
+def task_name(task_id: str, map_index: int) -> str:
+    """How a failed task is named to people: ``task[i]`` for worker i of a mapped stage."""
+    return task_id if map_index < 0 else f"{task_id}[{map_index}]"

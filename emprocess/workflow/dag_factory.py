@@ -16,7 +16,8 @@ from airflow.sdk import DAG, Connection, Param, TaskGroup, get_current_context, 
 from emprocess import MAJOR_MINOR, config
 from emprocess.chunkedgraph.ids import MAX_LAYERS
 from emprocess.chunkedgraph.stages import layer_width
-from emprocess.workflow.operators import SERVICE_POOLS, BatchStageOperator
+from emprocess.workflow import task_name
+from emprocess.workflow.operators import SERVICE_POOLS, BatchStageOperator, failing_at_once
 
 WIDTHS = (1, 4, 16, 32, 64, 128)
 POOLS = {
@@ -92,19 +93,15 @@ def _mail_problem() -> str | None:
 def validate_task() -> dict:
     """Conf, slices and locations are checked before any write; a conf that asks for a mail needs a
     way to send it. A refused run fails at once: retrying cannot mend its input."""
-    from airflow.sdk.exceptions import AirflowFailException
-
     from emprocess.config import ConfError
     from emprocess.validate import validate_run
 
-    try:
+    with failing_at_once():
         ctx = _context()
         problem = _mail_problem() if ctx.conf.email else None
         if problem:
             raise ConfError(f"email: {problem}")
         return validate_run(ctx)
-    except ConfError as err:
-        raise AirflowFailException(str(err)) from err
 
 
 @task(task_id="create_env")
@@ -141,8 +138,7 @@ def notify_task() -> dict:
     context = get_current_context()
     dag_run = context["dag_run"]
     ended = context["ti"].get_task_breadcrumbs(dag_run.dag_id, dag_run.run_id)
-    failed = [row["task_id"] if row["map_index"] < 0 else f"{row['task_id']}[{row['map_index']}]"
-              for row in ended if row["state"] == "failed"]
+    failed = [task_name(row["task_id"], row["map_index"]) for row in ended if row["state"] == "failed"]
     not_run = sum(row["state"] == "upstream_failed" for row in ended)
     mail = run_ended_mail(dag_run.conf or {}, dag_run.run_id, failed, not_run)
     if mail is None:

@@ -24,6 +24,7 @@ import requests
 
 from emprocess import storage
 from emprocess.config import ConfError, parse_conf
+from emprocess.workflow import task_name
 
 log = logging.getLogger("emprocess.run")
 
@@ -160,8 +161,7 @@ def run_dag_test(dag, conf: dict, logical_date: datetime.datetime | None = None)
 
     def on_failure(context) -> None:
         ti = context["ti"]
-        name = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"  # worker i of a mapped stage
-        failed.append((name, _describe(context.get("exception"))))
+        failed.append((task_name(ti.task_id, ti.map_index), _describe(context.get("exception"))))
         _end_run(context["dag_run"].dag_id, context["dag_run"].run_id, teardowns)
 
     teardowns = [task.task_id for task in dag.tasks if task.is_teardown]

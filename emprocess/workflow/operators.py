@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from airflow.sdk import BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
@@ -17,6 +19,15 @@ SERVICE_CONNECTIONS = {"fiji": "ALIGN_CLOUD_RUN", "emwrite": "IMG_WRITE"}
 SERVICE_POOLS = {"fiji": "emprocess_align", "emwrite": "emprocess_write"}
 # Errors that a retry of the task would only meet again: the input or the conf is wrong.
 PERMANENT_ERRORS = (PermanentError, InputError, ConfError)
+
+
+@contextmanager
+def failing_at_once() -> Iterator[None]:
+    """Turn a permanent error into AirflowFailException, which fails the task without its retries."""
+    try:
+        yield
+    except PERMANENT_ERRORS as err:
+        raise AirflowFailException(str(err)) from err
 
 
 def client_for(conn_id: str, stop: threading.Event) -> ServiceClient:
@@ -55,7 +66,7 @@ class BatchStageOperator(BaseOperator):
     def execute(self, context) -> dict:
         """Fails without Airflow's retries on a permanent error (its finished mini-tasks stay cached)."""
         stage = registry.get(self.stage)
-        try:
+        with failing_at_once():
             ctx = RunContext.create(context["dag_run"].conf or {}, context["run_id"])
             if stage.service is None:
                 call = lambda task: stage.work(task["payload"])  # noqa: E731
@@ -63,8 +74,6 @@ class BatchStageOperator(BaseOperator):
                 client = client_for(SERVICE_CONNECTIONS[stage.service], self._stop)
                 call = lambda task: client.post(stage.endpoint, task["payload"])  # noqa: E731
             summary = run_share(stage, ctx, self.worker, self.width, call, threads=self.threads, stop=self._stop)
-        except PERMANENT_ERRORS as err:
-            raise AirflowFailException(str(err)) from err
         self.log.info("%s", summary)
         return vars(summary)
 
