@@ -13,6 +13,7 @@ from html import escape
 
 from emprocess import storage
 from emprocess.config import EMAIL_PATTERN, ConfError
+from emprocess.report import REPORT_FILES
 from emprocess.stages import RunContext
 
 
@@ -59,7 +60,7 @@ def _locations(ctx: RunContext) -> str:
     """Report, outputs and neuroglancer link, as ``publish`` recorded them (complete.json), or the
     run's process location when it did not get that far."""
     process = ctx.locations.process
-    report = storage.join(process, "report.html")
+    report = storage.join(process, REPORT_FILES["html"])
     rows = [("report", report)] if storage.exists(report) else [("process location", process)]
     complete = storage.read_json_if_exists(storage.join(process, "complete.json"))
     if complete:

@@ -45,6 +45,11 @@ def token(role: str | None) -> str:
     return get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="ann", role=role))
 
 
+def report_url(api_server: str, run_id: str, path: str) -> str:
+    """Where the tab asks for ``path`` of the run's report (the UI quotes the run id into it)."""
+    return f"{api_server}/emprocess/dags/{DAG_ID}/runs/{requests.utils.quote(run_id, safe='')}/{path}"
+
+
 def test_the_plugin_adds_a_report_tab_to_every_run(api_server):
     plugins = requests.get(f"{api_server}/api/v2/plugins", headers={"Authorization": f"Bearer {token('admin')}"})
     [plugin] = [p for p in plugins.json()["plugins"] if p["name"] == "emprocess"]
@@ -54,23 +59,23 @@ def test_the_plugin_adds_a_report_tab_to_every_run(api_server):
 
 def test_a_viewer_reads_the_report_and_its_thumbnails(api_server, reported_run):
     run_id, ctx = reported_run
-    base = f"{api_server}/emprocess/dags/{DAG_ID}/runs/{requests.utils.quote(run_id, safe='')}"
     cookies = {"_token": token("viewer")}  # the UI's session cookie
-    page = requests.get(f"{base}/report.html", cookies=cookies)
+    page = requests.get(report_url(api_server, run_id, "report.html"), cookies=cookies)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert page.content == storage.read(storage.join(ctx.locations.process, "report.html"))
     policy = dict(rule.strip().split(" ", 1) for rule in page.headers["content-security-policy"].split(";"))
     assert policy["default-src"] == "'none'" and "script-src" not in policy  # no scripts run
     assert policy["img-src"].split() == ["'self'", "data:"]  # the embedded previews and the thumbnails show
-    summary = requests.get(f"{base}/report.json", headers={"Authorization": f"Bearer {token('viewer')}"})
+    bearer = {"Authorization": f"Bearer {token('viewer')}"}
+    summary = requests.get(report_url(api_server, run_id, "report.json"), headers=bearer)
     assert summary.json()["run_id"] == run_id
-    thumbnail = requests.get(f"{base}/align/thumbnails/0.png", cookies=cookies)
+    thumbnail = requests.get(report_url(api_server, run_id, "align/thumbnails/0.png"), cookies=cookies)
     assert thumbnail.content == b"\x89PNG thumbnail" and thumbnail.headers["content-type"] == "image/png"
 
 
 def test_no_session_or_no_right_to_read_runs_gets_nothing(api_server, reported_run):
     run_id, _ = reported_run
-    url = f"{api_server}/emprocess/dags/{DAG_ID}/runs/{requests.utils.quote(run_id, safe='')}/report.html"
+    url = report_url(api_server, run_id, "report.html")
     assert requests.get(url).status_code == 401
     assert requests.get(url, cookies={"_token": token(None)}).status_code == 403
 
@@ -79,7 +84,7 @@ def test_no_session_or_no_right_to_read_runs_gets_nothing(api_server, reported_r
                                   "..%2F..%2Fetc%2Fpasswd", "align/thumbnails/0.png.json"])
 def test_only_the_report_s_own_files_are_served(api_server, reported_run, path):
     run_id, _ = reported_run
-    url = f"{api_server}/emprocess/dags/{DAG_ID}/runs/{requests.utils.quote(run_id, safe='')}/{path}"
+    url = report_url(api_server, run_id, path)
     reply = requests.get(url, cookies={"_token": token("admin")})
     assert reply.status_code == 404 and "not a file of an emprocess run report" in reply.json()["detail"]
 
@@ -87,8 +92,7 @@ def test_only_the_report_s_own_files_are_served(api_server, reported_run, path):
 def test_a_run_without_a_report_yet_says_so(api_server, reported_run):
     run_id, ctx = reported_run
     storage.delete(storage.join(ctx.locations.process, "report.json"))
-    url = f"{api_server}/emprocess/dags/{DAG_ID}/runs/{requests.utils.quote(run_id, safe='')}/report.json"
-    reply = requests.get(url, cookies={"_token": token("viewer")})
+    reply = requests.get(report_url(api_server, run_id, "report.json"), cookies={"_token": token("viewer")})
     assert reply.status_code == 404 and "emprocess report" in reply.json()["detail"]
-    unknown = url.replace(requests.utils.quote(run_id, safe=""), "manual__nope")
+    unknown = report_url(api_server, "manual__nope", "report.json")
     assert "no run 'manual__nope'" in requests.get(unknown, cookies={"_token": token("viewer")}).json()["detail"]

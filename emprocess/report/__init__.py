@@ -13,11 +13,13 @@ from emprocess.report.previews import previews
 from emprocess.report.summary import run_summary
 from emprocess.stages import RunContext, Stage
 
+REPORT_FILES = {"json": "report.json", "html": "report.html"}  # in the process location
+
 
 def write_report(ctx: RunContext, stages: list[Stage]) -> dict:
     """Write report.json and report.html; returns their URLs."""
     summary = run_summary(ctx, stages)
-    urls = {name: storage.join(ctx.locations.process, f"report.{name}") for name in ("json", "html")}
+    urls = {kind: storage.join(ctx.locations.process, name) for kind, name in REPORT_FILES.items()}
     storage.write_json(urls["json"], summary)
     shown = [t["path"] for t in shown_thumbnails(summary["thumbnails"])]
     storage.write(urls["html"], render(summary, previews(ctx.locations.process, shown)).encode())

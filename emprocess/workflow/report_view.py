@@ -22,9 +22,11 @@ from sqlalchemy import select
 
 from emprocess import storage
 from emprocess.config import ConfError
+from emprocess.pyramid.stages import THUMBNAILS
+from emprocess.report import REPORT_FILES
 from emprocess.stages import RunContext
 
-REPORT_FILES = re.compile(r"report\.html|report\.json|align/thumbnails/\d+\.png")
+SERVED = re.compile("|".join([*map(re.escape, REPORT_FILES.values()), re.escape(THUMBNAILS) + r"/\d+\.png"]))
 MEDIA_TYPES = {"html": "text/html; charset=utf-8", "json": "application/json", "png": "image/png"}
 # The page is static and escaped; the policy keeps it inert even so: no scripts, frames or requests
 # anywhere but its embedded previews and its own thumbnails.
@@ -37,7 +39,7 @@ app = FastAPI(title="emprocess run reports", description=__doc__)
          dependencies=[Depends(requires_access_dag("GET", DagAccessEntity.RUN))])
 def report_file(dag_id: str, run_id: str, path: str, session: SessionDep) -> Response:
     """One file of the run's report."""
-    if not dag_id.startswith("emprocess_") or not REPORT_FILES.fullmatch(path):
+    if not dag_id.startswith("emprocess_") or not SERVED.fullmatch(path):
         raise HTTPException(404, "not a file of an emprocess run report")
     dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
     if dag_run is None:
