@@ -178,9 +178,9 @@ def _write_pending(url: str, objects: dict[int, list[Fragment]]) -> None:
 def _read_pending(url: str) -> dict[int, list[Fragment]]:
     arrays = chunkfile.read(url)
     data = arrays["data"].tobytes()
-    ends = np.cumsum(arrays["size"])
+    ends = np.cumsum(arrays["size"]).tolist()
     objects: dict[int, list[Fragment]] = defaultdict(list)
-    for i, root in enumerate(arrays["root"].tolist()):
-        start = int(ends[i - 1]) if i else 0
-        objects[root].append((int(arrays["lod"][i]), tuple(arrays["position"][i].tolist()), data[start:int(ends[i])]))
+    rows = zip(arrays["root"].tolist(), arrays["lod"].tolist(), arrays["position"].tolist(), [0, *ends], ends)
+    for root, lod, position, start, end in rows:
+        objects[root].append((lod, tuple(position), data[start:end]))
     return objects
