@@ -1,7 +1,8 @@
 """POST one mini-task to a service with retries, backoff and optional Cloud Run ID-token auth.
 
-Transient failures (connection errors, timeouts, 429, 5xx) are retried with exponential backoff and
-full jitter; 4xx is permanent and raised at once with the service's own message.
+Transient failures (connection errors, timeouts, replies cut off or undecodable mid-body, 429, 5xx)
+are retried with exponential backoff and full jitter, all within one ``max_attempts`` budget; 4xx is
+permanent and raised at once with the service's own message.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from emprocess.batch import Stopped
 log = logging.getLogger("emprocess.service_client")
 
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+# A body cut off in transit: short of its Content-Length or chunk size, undecodable, or (closed early
+# without a length) incomplete JSON. The network failed, not the service, so it is retried.
+TRUNCATED = (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError,
+             requests.JSONDecodeError)
 
 
 class PermanentError(RuntimeError):
@@ -71,11 +76,13 @@ class ServiceClient:
             headers = self.auth.header() if self.auth else {}
             try:
                 response = self.session.post(url, json=payload, headers=headers, timeout=self.timeout_s)
-            except (requests.ConnectionError, requests.Timeout) as err:
-                reason = f"{type(err).__name__}"
-            else:
                 if response.ok:
                     return response.json()
+            except (requests.ConnectionError, requests.Timeout) as err:
+                reason = f"{type(err).__name__}"
+            except TRUNCATED as err:
+                reason = f"truncated or undecodable reply: {type(err).__name__}"
+            else:
                 message = _message(response)
                 if response.status_code not in RETRYABLE_STATUS:
                     raise PermanentError(f"{endpoint} answered {response.status_code}: {message}")
