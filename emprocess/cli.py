@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -28,6 +29,18 @@ def cmd_sample(args) -> int:
     print(f"sample stack written: {conf['source']} ({conf['minz']}..{conf['maxz']}); "
           f"conf: {Path(args.dir) / 'conf.json'}")
     return 0
+
+
+def exit_on_termination() -> None:
+    """Make SIGTERM and SIGHUP end this process through SystemExit, as Ctrl-C does through
+    KeyboardInterrupt: their default action ends it at once, leaving the services running and the
+    temp Airflow home behind, while SystemExit runs the ``finally`` blocks and ``atexit``."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit)
+
+
+def _exit(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)  # the status a shell gives a process the signal ended
 
 
 def _run(conf: dict, width: int, resume: str | None) -> str | None:
@@ -61,6 +74,7 @@ def _print_outputs(conf: dict, run_id: str) -> None:
 
 
 def cmd_run(args) -> int:
+    exit_on_termination()
     return 0 if _run(_load_conf(args.conf), args.width, args.resume) else 1
 
 
@@ -71,6 +85,7 @@ def cmd_demo(args) -> int:
     from emprocess.sample import write_sample, write_sample_segmentation
     from emprocess.stages import RunContext
 
+    exit_on_termination()
     out = Path(args.dir).resolve()
     conf = write_sample(out / "sample")
     print(f"sample stack: {conf['source']}", flush=True)

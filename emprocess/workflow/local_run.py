@@ -2,15 +2,19 @@
 
 Airflow reads its configuration at import, so a process has one Airflow home: made on the first
 ``run_local`` (before anything imports Airflow), reset for every run, removed when the process exits.
+A killed process cannot remove its home, so making a home first removes this user's homes whose
+owner is gone: each holds a lock file its process keeps locked for its whole life.
 """
 
 from __future__ import annotations
 
 import atexit
 import datetime
+import fcntl
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -117,17 +121,70 @@ def _prepare_airflow(home: Path) -> None:
     )
 
 
+HOME_PREFIX = "emprocess-airflow-"
+HOME_LOCK = "owner.lock"
+
 _home: Path | None = None
+_home_lock: int | None = None  # the lock's descriptor, open (and the lock held) until the process ends
 
 
 def airflow_home() -> Path:
     """This process's temporary Airflow home (see the module docstring)."""
     global _home
     if _home is None:
-        _home = Path(tempfile.mkdtemp(prefix="emprocess-airflow-"))
+        remove_stale_homes()
+        _home = _locked_home()
         atexit.register(shutil.rmtree, _home, True)
         _prepare_airflow(_home)
     return _home
+
+
+def _locked_home() -> Path:
+    """A new home locked by this process. The kernel drops a ``flock`` when its holder dies, however
+    it dies, so a free lock means a dead owner (no PID that could be reused). The lock is taken under
+    another name and then renamed, so no cleaner ever finds the lock file free while its owner lives."""
+    global _home_lock
+    home = Path(tempfile.mkdtemp(prefix=HOME_PREFIX))
+    taking = home / (HOME_LOCK + ".new")
+    _home_lock = os.open(taking, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # not inherited by children
+    fcntl.flock(_home_lock, fcntl.LOCK_EX)
+    os.rename(taking, home / HOME_LOCK)
+    return home
+
+
+def remove_stale_homes() -> None:
+    """Remove this user's homes whose owner is gone (a killed ``emprocess run`` cannot remove its own).
+    Homes without a lock file, made before homes had one, are left alone: one may be a long run of
+    an older version still going, and its age would not tell."""
+    with os.scandir(tempfile.gettempdir()) as entries:
+        for entry in entries:
+            if entry.name.startswith(HOME_PREFIX) and _own_directory(entry):
+                _remove_if_unlocked(Path(entry.path))
+
+
+def _own_directory(entry: os.DirEntry) -> bool:
+    """A real directory (not a symlink) of this user: the only kind a cleaner may remove."""
+    try:
+        return entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.getuid()
+    except OSError:  # removed meanwhile
+        return False
+
+
+def _remove_if_unlocked(home: Path) -> None:
+    """Remove a home whose lock can be taken; it is held while removing, so two cleaners don't race."""
+    try:
+        lock = os.open(home / HOME_LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # no lock file: an older version's home, or removed meanwhile
+        return
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # its owner lives
+        pass
+    else:
+        log.info("removing %s, the Airflow home of an earlier run that was killed", home)
+        shutil.rmtree(home, ignore_errors=True)
+    finally:
+        os.close(lock)
 
 
 def run_local(conf_dict: dict, width: int = 1, resume: str | None = None) -> RunResult:
@@ -170,8 +227,46 @@ def run_dag_test(dag, conf: dict, logical_date: datetime.datetime | None = None)
         task.on_failure_callback = [on_failure]
     # run_after names the run (manual__<run_after>): the same date again resumes the same run id
     when = logical_date or datetime.datetime.now(datetime.timezone.utc)
-    dag_run = dag.test(run_conf=conf, logical_date=when, run_after=when)
+    with _exit_handlers_kept(dag):
+        dag_run = dag.test(run_conf=conf, logical_date=when, run_after=when)
     return RunResult(dag_run.run_id, str(dag_run.state), failed)
+
+
+@contextmanager
+def _exit_handlers_kept(dag):
+    """Keep the caller's SIGTERM and SIGHUP handlers in force during ``dag.test`` (``emprocess run``
+    exits through them), and put them back after. Airflow's in-process task runner sets its own
+    SIGTERM handler at every task start, one that only calls the task's ``on_kill``, so a SIGTERM
+    would no longer end the process. A task-start callback, which runs after that, chains the two
+    for both signals: the task is stopped first, then the caller's handler runs (in a task, Airflow
+    takes its SystemExit for the task's failure, which ends the run). Callers without handlers of
+    their own (the default action) see no change."""
+    callers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    callers = {signum: handler for signum, handler in callers.items() if callable(handler)}
+
+    def keep(context) -> None:
+        stop_task = signal.getsignal(signal.SIGTERM)
+        for signum, caller in callers.items():
+            signal.signal(signum, _chained(stop_task, caller))
+
+    if callers:
+        for task in dag.tasks:
+            task.on_execute_callback = [*task.on_execute_callback, keep]
+    try:
+        yield
+    finally:
+        for signum, caller in callers.items():
+            signal.signal(signum, caller)
+
+
+def _chained(first, then):
+    """A signal handler that runs ``first`` (when it is a function), then ``then``."""
+    def both(signum, frame) -> None:
+        if callable(first):
+            first(signum, frame)
+        then(signum, frame)
+
+    return both
 
 
 def _end_run(dag_id: str, run_id: str, teardowns: list[str]) -> None:
