@@ -18,12 +18,15 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import tensorstore as ts
 
+from emprocess.redact import redact
+
 SCHEMES = ("file", "gs", "s3")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+_UNSAFE_RE = re.compile(r"[\x00-\x1f\x7f\\]")
 # Local files are read through memory maps: the pyramid reads every aligned tile once, and copying
 # them through read buffers cost page faults worth a tenth of its work.
 _CONTEXT = ts.Context(ts.Context.Spec({"file_io_mode": {"mode": "memmap"}}))
@@ -54,7 +57,7 @@ class Url:
             part = str(part).strip("/")
             if not part:
                 continue
-            _check_segments(part, str(self))
+            _check_segments(part, _shown(str(self)))
             path = f"{path.rstrip('/')}/{part}" if path else part
         return Url(self.scheme, self.bucket, path)
 
@@ -69,40 +72,63 @@ class Url:
         return Url(self.scheme, self.bucket, head)
 
 
-def _check_segments(path: str, url: str) -> None:
+def _check_segments(path: str, shown: str) -> None:
+    """Refuse '.' and '..' segments, also percent-encoded, and encoded slashes: a location means one
+    place, whichever layer (storage, a proxy, a bucket's HTTP API) decodes it."""
     for segment in path.split("/"):
-        if segment in ("..", "."):
-            raise StorageError(f"{url!r}: '{segment}' path segments are not allowed")
+        decoded = unquote(segment)
+        if decoded in ("..", ".") or "/" in decoded:
+            raise StorageError(f"{shown}: {segment!r} path segments are not allowed")
+
+
+def _shown(text) -> str:
+    """A URL as messages quote it: repr'd, credentials masked."""
+    return redact(repr(text))
+
+
+def _file_path(path: str, shown: str) -> str:
+    """An absolute file path, normalised as the OS reads it ('//' is '/'); symlinks are left alone."""
+    _check_segments(path, shown)
+    return os.path.normpath(re.sub(r"/{2,}", "/", path))
 
 
 def parse(url: str | Url) -> Url:
-    """Parse and validate a URL; a plain path becomes ``file://`` and a bare name becomes ``gs://``."""
+    """Parse and validate a location. Accepted: ``file:///abs``, ``gs://bucket/path``,
+    ``s3://bucket/path``, an absolute path (= ``file://``) and a bare bucket name (= ``gs://``).
+    Refused, naming the location with its credentials masked: relative paths, credentials, queries
+    and fragments, control characters and backslashes, '.' and '..' segments (also encoded)."""
     if isinstance(url, Url):
         return url
     if not isinstance(url, str) or not url.strip():
-        raise StorageError(f"{url!r}: expected a non-empty URL string")
+        raise StorageError(f"{_shown(url)}: expected a non-empty URL string")
     text = url.strip()
+    shown = _shown(text)
+    if _UNSAFE_RE.search(text):
+        raise StorageError(f"{shown}: control characters and backslashes are not allowed in a location")
+    if "?" in text or "#" in text:
+        raise StorageError(f"{shown}: '?' and '#' (queries, fragments) are not allowed in a location")
     if "://" not in text:
-        if text.startswith(("/", "./")) or os.sep in text:
-            _check_segments(text.removeprefix("./"), text)
-            return Url("file", "", str(Path(text).resolve()))
+        if text.startswith("/"):
+            return Url("file", "", _file_path(text, shown))
+        if "/" in text or ":" in text or text.startswith("."):
+            raise StorageError(f"{shown}: not an absolute location; write file:///abs/dir, /abs/dir, "
+                               f"gs://bucket/path or s3://bucket/path")
         text = "gs://" + text
     parsed = urlparse(text)
     scheme = parsed.scheme.lower()
     if scheme not in SCHEMES:
-        raise StorageError(f"{url!r}: unsupported scheme {scheme!r}; use file://, gs:// or s3://")
+        raise StorageError(f"{shown}: unsupported scheme {scheme!r}; use file://, gs:// or s3://")
+    if "@" in parsed.netloc:
+        raise StorageError(f"{shown}: credentials in a location are not allowed; they come from the environment")
     if scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
-            raise StorageError(f"{url!r}: file URLs must be absolute (file:///abs/dir)")
-        if not parsed.path.startswith("/"):
-            raise StorageError(f"{url!r}: file URLs must be absolute (file:///abs/dir)")
-        _check_segments(parsed.path, url)
-        return Url("file", "", os.path.normpath(parsed.path))
+        if parsed.netloc.lower() not in ("", "localhost") or not parsed.path.startswith("/"):
+            raise StorageError(f"{shown}: file URLs must be absolute (file:///abs/dir)")
+        return Url("file", "", _file_path(parsed.path, shown))
     bucket = parsed.netloc
     if not _BUCKET_RE.match(bucket) or ".." in bucket:
-        raise StorageError(f"{url!r}: {bucket!r} is not a valid bucket name")
+        raise StorageError(f"{shown}: {bucket!r} is not a valid bucket name")
     path = parsed.path.lstrip("/")
-    _check_segments(path, url)
+    _check_segments(path, shown)
     return Url(scheme, bucket, path.rstrip("/"))
 
 
@@ -112,7 +138,10 @@ def join(url: str | Url, *parts: str) -> str:
 
 def kvstore_spec(url: str | Url) -> dict:
     """The tensorstore kvstore spec of a URL (a directory when used as a volume's base)."""
-    u = parse(url)
+    return _spec(allowed(url))
+
+
+def _spec(u: Url) -> dict:
     if u.scheme == "file":
         return {"driver": "file", "path": u.path.rstrip("/") + "/"}
     path = u.path.rstrip("/") + "/" if u.path else ""
@@ -133,30 +162,64 @@ def context() -> ts.Context:
 
 def _store_of(url: str | Url) -> tuple[ts.KvStore, str]:
     """The kvstore of the bucket (or ``/`` for files) and the key of ``url`` inside it."""
-    u = parse(url)
+    u = allowed(url)
     root = Url(u.scheme, u.bucket, "/" if u.scheme == "file" else "")
     key = u.path.lstrip("/")
-    cache_key = json.dumps(kvstore_spec(root), sort_keys=True)
+    spec = _spec(root)
+    cache_key = json.dumps(spec, sort_keys=True)
     with _KVSTORES_LOCK:
         store = _KVSTORES.get(cache_key)
         if store is None:
-            store = ts.KvStore.open(kvstore_spec(root), context=_CONTEXT).result()
+            store = ts.KvStore.open(spec, context=_CONTEXT).result()
             _KVSTORES[cache_key] = store
     return store, key
 
 
+# tensorstore's status codes, leading its messages, for a request that cannot succeed as made: stored
+# bytes it cannot decode (FAILED_PRECONDITION, DATA_LOSS, OUT_OF_RANGE: truncated or garbage chunks,
+# shards, info files), a file where a folder must be, no permission. Retrying cannot help. Failed
+# transfers (ABORTED after tensorstore's own retries, UNAVAILABLE, DEADLINE_EXCEEDED) are not here.
+_PERMANENT = ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "PERMISSION_DENIED", "OUT_OF_RANGE", "DATA_LOSS",
+              "ALREADY_EXISTS", "UNIMPLEMENTED")
+
+
+def tensorstore_message(err: BaseException) -> str:
+    """tensorstore's message without its trailing spec (which repeats the whole open request)."""
+    return str(err).split(" [tensorstore_spec=")[0]
+
+
+def is_permanent(err: BaseException) -> bool:
+    """Whether ``err`` is a tensorstore failure that retrying cannot mend (see ``_PERMANENT``)."""
+    return isinstance(err, ValueError) and tensorstore_message(err).startswith(tuple(f"{c}:" for c in _PERMANENT))
+
+
+def _done(future, url: str | Url):
+    """``future``'s result; a permanent failure as a StorageError naming ``url`` (transient ones,
+    such as UNAVAILABLE or DEADLINE_EXCEEDED, stay tensorstore's ValueError and are retried)."""
+    try:
+        return future.result()
+    except ValueError as err:
+        if is_permanent(err):
+            raise StorageError(f"{redact(str(url))}: {tensorstore_message(err)}") from None
+        raise
+
+
 def read(url: str | Url) -> bytes:
     store, key = _store_of(url)
-    result = store.read(key).result()
+    result = _done(store.read(key), url)
     if result.state != "value":
         raise FileNotFoundError(f"{url}: not found")
     return bytes(result.value)
 
 
 def read_range(url: str | Url, start: int, stop: int | None = None) -> bytes:
-    """Bytes ``start:stop`` of an object; a negative ``start`` with no ``stop`` reads a suffix."""
+    """Bytes ``start:stop`` of an object (fewer when it is shorter); a negative ``start`` with no
+    ``stop`` reads a suffix."""
     store, key = _store_of(url)
-    result = store.read(key, byte_range=slice(start, stop)).result()
+    try:
+        result = _done(store.read(key, byte_range=slice(start, stop)), url)
+    except StorageError:  # the object ends before ``stop``: tensorstore refuses the range
+        return read(url)[start:stop]
     if result.state != "value":
         raise FileNotFoundError(f"{url}: not found")
     return bytes(result.value)
@@ -172,29 +235,30 @@ def read_if_exists(url: str | Url) -> bytes | None:
 def write(url: str | Url, data: bytes) -> None:
     """Write one object in one PUT (atomic replace for files too: tensorstore writes then renames)."""
     store, key = _store_of(url)
-    store.write(key, data).result()
+    _done(store.write(key, data), url)
 
 
 def write_all(objects: dict[str, bytes]) -> None:
     """Write many objects (each as ``write`` does), all in flight at once; returns when all are written."""
-    writes = [store.write(key, data) for (store, key), data in ((_store_of(u), d) for u, d in objects.items())]
-    for done in writes:
-        done.result()
+    writes = {u: store.write(key, data) for u, ((store, key), data) in
+              ((u, (_store_of(u), d)) for u, d in objects.items())}
+    for url, done in writes.items():
+        _done(done, url)
 
 
 def exists(url: str | Url) -> bool:
     store, key = _store_of(url)
-    return store.read(key, byte_range=slice(0, 0)).result().state == "value"
+    return _done(store.read(key, byte_range=slice(0, 0)), url).state == "value"
 
 
 def listdir(url: str | Url) -> list[str]:
     """Every key below ``url`` (recursively), relative to it, sorted."""
-    u = parse(url)
+    u = allowed(url)
     store, key = _store_of(u)
     prefix = key.rstrip("/") + "/" if key else ""
     if u.scheme == "file" and not os.path.isdir(u.path):
         return []
-    keys = store.list(ts.KvStore.KeyRange(prefix, _successor(prefix)) if prefix else None).result()
+    keys = _done(store.list(ts.KvStore.KeyRange(prefix, _successor(prefix)) if prefix else None), url)
     return sorted(k.decode()[len(prefix):] for k in keys)
 
 
@@ -204,29 +268,38 @@ def _successor(prefix: str) -> str:
 
 def delete(url: str | Url) -> None:
     store, key = _store_of(url)
-    store.delete_range(ts.KvStore.KeyRange(key, key + "\0")).result()
+    _done(store.delete_range(ts.KvStore.KeyRange(key, key + "\0")), url)
 
 
 def delete_tree(url: str | Url) -> None:
     """Delete every key below ``url``; for a bucket root that is the whole bucket's content."""
-    u = parse(url)
+    u = allowed(url)
     store, key = _store_of(u)
     if not key:
         if u.scheme == "file":
             raise StorageError(f"{url!r}: refusing to delete the file system root")
-        store.delete_range(ts.KvStore.KeyRange()).result()
+        _done(store.delete_range(ts.KvStore.KeyRange()), url)
         return
     prefix = key.rstrip("/") + "/"
-    store.delete_range(ts.KvStore.KeyRange(prefix, _successor(prefix))).result()
+    _done(store.delete_range(ts.KvStore.KeyRange(prefix, _successor(prefix))), url)
 
 
 def read_json(url: str | Url):
-    return json.loads(read(url))
+    return parse_json(read(url), url)
 
 
 def read_json_if_exists(url: str | Url):
     data = read_if_exists(url)
-    return None if data is None else json.loads(data)
+    return None if data is None else parse_json(data, url)
+
+
+def parse_json(data: bytes, what: str | Url):
+    """The JSON document ``data`` read from ``what`` (its URL); a StorageError naming it when it is
+    not one. Parsed apart from the read, so that a failed read is not taken for a bad file."""
+    try:
+        return json.loads(data)
+    except ValueError as err:  # not UTF-8, or not JSON
+        raise StorageError(f"{redact(str(what))}: not a JSON document ({err})") from None
 
 
 def write_json(url: str | Url, value) -> None:
@@ -235,7 +308,7 @@ def write_json(url: str | Url, value) -> None:
 
 def ensure_location(url: str | Url, project: str | None = None) -> None:
     """Create the bucket (or folder) that holds ``url`` if it does not exist."""
-    u = parse(url)
+    u = allowed(url)
     if u.scheme == "file":
         Path(u.path).mkdir(parents=True, exist_ok=True)
     elif u.scheme == "gs":
@@ -265,7 +338,7 @@ CORS_RULE = {"origins": ["*"], "methods": ["GET", "HEAD"], "headers": ["Range", 
 def set_expiry(url: str | Url, days: int) -> None:
     """Delete the bucket's objects ``days`` after creation (tmp data); folders are left to the user.
     The rule replaces the bucket's lifecycle rules, so a resumed run's publish adds none."""
-    u = parse(url)
+    u = allowed(url)
     if u.scheme == "gs":
         from google.cloud import storage as gcs
 
@@ -287,7 +360,7 @@ def set_expiry(url: str | Url, days: int) -> None:
 
 def make_public(url: str | Url) -> None:
     """Public read and CORS for the viewing bucket, so neuroglancer can load it from any origin."""
-    u = parse(url)
+    u = allowed(url)
     if u.scheme == "gs":
         from google.cloud import storage as gcs
 
@@ -339,19 +412,51 @@ def check_prefix(prefix: str) -> None:
         parse(prefix)
 
 
-def is_under(url: str | Url, prefixes: list[str]) -> bool:
-    """True when ``url`` lies under one of ``prefixes``, compared as parsed URLs, segment-wise. A prefix
-    ``gs://lab-em_*`` covers every bucket whose name starts with ``lab-em_``: the run locations named
-    after a source bucket, which do not exist until a run makes them."""
-    u = parse(url)
+def is_under(url: str | Url, prefixes: list[str] | tuple[str, ...]) -> bool:
+    """True when ``url`` lies under one of ``prefixes``, compared as parsed URLs, segment-wise, and
+    for files as the OS resolves them (symlinks followed). A prefix ``gs://lab-em_*`` covers every
+    bucket whose name starts with ``lab-em_``: the run locations named after a source bucket, which
+    do not exist until a run makes them."""
+    real = _resolved(parse(url))
     for prefix in prefixes:
         wildcard = _bucket_wildcard(prefix)
         if wildcard is not None:
-            if u.scheme == wildcard[0] and u.bucket.startswith(wildcard[1]):
+            if real.scheme == wildcard[0] and real.bucket.startswith(wildcard[1]):
                 return True
-        elif (str(u).rstrip("/") + "/").startswith(str(parse(prefix)).rstrip("/") + "/"):
+        elif (str(real).rstrip("/") + "/").startswith(str(_resolved(parse(prefix))).rstrip("/") + "/"):
             return True
     return False
+
+
+def _resolved(u: Url) -> Url:
+    """The location the OS will open: a file path with its symlinks resolved (as far as it exists)."""
+    return Url("file", "", os.path.realpath(u.path)) if u.scheme == "file" else u
+
+
+class OutsideAllowedPrefixes(PermissionError):
+    """A location outside the prefixes this process is confined to."""
+
+
+_confinement: tuple[str, ...] | None = None
+
+
+def confine(prefixes: list[str] | None) -> None:
+    """Confine every later read, write, listing, volume open and bucket operation of this process to
+    ``prefixes`` (None lifts it). A service confines itself to ``EMPROCESS_ALLOWED_PREFIXES``, so a
+    location that reaches storage by any path (a payload, a volume's ``info``, a derived key) is
+    checked where it is used, on the normalised location."""
+    global _confinement
+    for prefix in prefixes or []:
+        check_prefix(prefix)
+    _confinement = None if prefixes is None else tuple(prefixes)
+
+
+def allowed(url: str | Url) -> Url:
+    """``url`` parsed; OutsideAllowedPrefixes when this process is confined and it lies outside."""
+    u = parse(url)
+    if _confinement is not None and not is_under(u, _confinement):
+        raise OutsideAllowedPrefixes(f"{redact(str(u))} is outside this service's allowed prefixes")
+    return u
 
 
 @dataclass(frozen=True)

@@ -246,7 +246,10 @@ def test_parse_accepts():
 def test_plain_paths_are_files_and_bare_names_are_gcs_buckets(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert storage.parse("/data/em") == Url("file", "", "/data/em")
-    assert storage.parse("./em") == Url("file", "", str(tmp_path / "em"))
+    assert storage.parse("//data//em/") == Url("file", "", "/data/em")  # as the OS reads it
+    for relative in ("./em", "em/x", "~/em", "file:em", "file:/data/em"):  # never the working folder's
+        with pytest.raises(StorageError, match="not an absolute location"):
+            storage.parse(relative)
     assert storage.parse("my-bucket") == Url("gs", "my-bucket", "")
     assert str(storage.parse("  my-bucket ")) == "gs://my-bucket"
 
@@ -376,3 +379,59 @@ def test_run_locations_of_a_bare_name_and_a_folder():
 def test_run_locations_need_a_bare_bucket():
     with pytest.raises(StorageError, match="without a path"):
         storage.run_locations("gs://em-data/sub", "r")
+
+
+def test_a_confined_process_reaches_nothing_outside_its_prefixes(tmp_path):
+    inside, outside = tmp_path / "in", tmp_path / "out"
+    inside.mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"x")
+    (inside / "link").symlink_to(outside, target_is_directory=True)
+    storage.confine([f"file://{inside}"])
+    try:
+        storage.write(f"file://{inside}/ok.txt", b"fine")
+        assert storage.read(f"{inside}/ok.txt") == b"fine"
+        for url in (f"file://{outside}/secret.txt", f"{outside}/secret.txt", f"file://{inside}/link/secret.txt",
+                    f"file://localhost{outside}/secret.txt", "gs://other-bucket/x"):
+            for use in (storage.read, storage.exists, storage.listdir, storage.kvstore_spec, storage.delete_tree,
+                        lambda u: storage.write(u, b"y"), storage.ensure_location):
+                with pytest.raises(storage.OutsideAllowedPrefixes, match="outside this service's allowed prefixes"):
+                    use(url)
+    finally:
+        storage.confine(None)
+    assert (outside / "secret.txt").read_bytes() == b"x" and sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    assert storage.read(f"file://{outside}/secret.txt") == b"x"  # lifted
+
+
+def test_a_volume_key_cannot_lead_a_confined_process_outside(tmp_path):
+    """tensorstore follows '..' in a precomputed volume's scale key: the opener must check it."""
+    from emprocess.chunkedgraph import volumes
+
+    inside, outside = tmp_path / "in", tmp_path / "out"
+    (inside / "ws").mkdir(parents=True)
+    outside.mkdir()
+    info = {"@type": "neuroglancer_multiscale_volume", "data_type": "uint64", "num_channels": 1,
+            "type": "segmentation", "scales": [{"key": "../../out/evil", "size": [8, 8, 8], "resolution": [1, 1, 1],
+                                                "voxel_offset": [0, 0, 0], "chunk_sizes": [[8, 8, 8]],
+                                                "encoding": "raw"}]}
+    (inside / "ws" / "info").write_text(json.dumps(info))
+    storage.confine([f"file://{inside}"])
+    try:
+        with pytest.raises(storage.StorageError, match="'..' path segments"):
+            volumes.open_scale(f"file://{inside}/ws")
+    finally:
+        storage.confine(None)
+    assert not list(outside.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["a file where a folder must be", "a JSON file that is not JSON"])
+def test_what_retrying_cannot_mend_is_a_storage_error_naming_the_location(tmp_path, kind):
+    (tmp_path / "file").write_bytes(b"not a folder, not JSON")
+    if kind.startswith("a file"):
+        with pytest.raises(StorageError, match=re.escape(f"file://{tmp_path}/file/x")):
+            storage.write(f"file://{tmp_path}/file/x", b"y")
+    else:
+        with pytest.raises(StorageError, match=re.escape(f"file://{tmp_path}/file: not a JSON document")):
+            storage.read_json(f"file://{tmp_path}/file")
+    assert storage.is_permanent(ValueError("FAILED_PRECONDITION: x")) and not storage.is_permanent(
+        ValueError("UNAVAILABLE: try again"))

@@ -12,7 +12,6 @@ import struct
 
 import cv2
 import numpy as np
-import tensorstore as ts
 
 from emprocess import storage
 from emprocess.stages import InputError
@@ -46,7 +45,7 @@ def read_image(url: str) -> np.ndarray:
 
 def image_size(url: str) -> tuple[int, int]:
     """(width, height) of the PNG or TIFF at ``url``, from its header only."""
-    head = _read_range(_checked(url), 0, HEAD_BYTES)
+    head = storage.read_range(_checked(url), 0, HEAD_BYTES)
     if head.startswith(PNG_SIGNATURE):
         if len(head) < 24 or head[12:16] != b"IHDR":
             raise InputError(f"{url}: truncated PNG header")
@@ -63,20 +62,6 @@ def _checked(url: str) -> str:
     except storage.StorageError as err:
         raise InputError(str(err)) from None
     return url
-
-
-def _read_range(url: str, start: int, stop: int) -> bytes:
-    """Bytes ``start:stop`` of the object (fewer when it is shorter)."""
-    u = storage.parse(url)
-    store = ts.KvStore.open(storage.kvstore_spec(u.parent()), context=storage.context()).result()
-    try:
-        result = store.read(u.name, byte_range=slice(start, stop)).result()
-    except ValueError:  # the object ends before ``stop``: tensorstore refuses the range
-        result = store.read(u.name).result()
-        return bytes(result.value)[start:stop]
-    if result.state != "value":
-        raise FileNotFoundError(f"{url}: not found")
-    return bytes(result.value)
 
 
 def _tiff_size(url: str, head: bytes) -> tuple[int, int]:
@@ -112,7 +97,7 @@ def _tiff_size(url: str, head: bytes) -> tuple[int, int]:
 
 def _block(url: str, head: bytes, start: int, length: int) -> bytes:
     """``length`` bytes at ``start``: from the already-read head when it holds them."""
-    block = head[start : start + length] if start + length <= len(head) else _read_range(url, start, start + length)
+    block = head[start : start + length] if start + length <= len(head) else storage.read_range(url, start, start + length)
     if len(block) != length:
         raise InputError(f"{url}: truncated TIFF header")
     return block
