@@ -11,7 +11,6 @@ layer-2 job loads only the shards its supervoxels fall in instead of the whole t
 from __future__ import annotations
 
 import io
-import zipfile
 
 import numpy as np
 
@@ -34,7 +33,9 @@ def load_table(url: str) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"agglomeration {url}: not found") from None
     try:
         columns = {".npy": _npy_columns, ".npz": _npz_columns, ".csv": _csv_columns}[suffix](data)
-    except (ValueError, OSError, zipfile.BadZipFile) as err:
+    except Exception as err:  # noqa: BLE001
+        # numpy's readers raise many types on a cut or garbage file (EOFError, SyntaxError,
+        # tokenize.TokenError, BadZipFile, zlib.error …); the bytes are read, so none is transient
         raise InputError(f"agglomeration {url}: cannot read it as {suffix}: {err}") from None
     supervoxels, bodies = (_unsigned(c, url) for c in columns)
     return _one_body_each(supervoxels, bodies, url)

@@ -2,7 +2,8 @@
 
 Not ``.npz``: zip entries carry timestamps, and a re-run must rewrite identical bytes. Layout:
 ``MAGIC``, an 8-byte little-endian header length, a JSON header (name → dtype, shape, in name
-order) and the zlib-compressed concatenation of the arrays in C order, little-endian.
+order) and the zlib-compressed concatenation of the arrays in C order, little-endian. A file that
+does not decode (cut short, overwritten) is an InputError naming it: re-reading cannot mend it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import zlib
 import numpy as np
 
 from emprocess import storage
+from emprocess.stages import InputError
 
 MAGIC = b"EMCG1\n"
 
@@ -28,7 +30,14 @@ def encode(arrays: dict[str, np.ndarray]) -> bytes:
 
 def decode(data: bytes, source: str = "chunk file") -> dict[str, np.ndarray]:
     if not data.startswith(MAGIC):
-        raise ValueError(f"{source}: not a chunkedgraph chunk file")
+        raise InputError(f"{source}: not a chunkedgraph chunk file")
+    try:
+        return _decode(data)
+    except (ValueError, TypeError, KeyError, AttributeError, zlib.error) as err:
+        raise InputError(f"{source}: corrupt chunkedgraph chunk file ({type(err).__name__}: {err})") from None
+
+
+def _decode(data: bytes) -> dict[str, np.ndarray]:
     start = len(MAGIC) + 8
     head_len = int.from_bytes(data[len(MAGIC) : start], "little")
     header = json.loads(data[start : start + head_len])
@@ -39,6 +48,8 @@ def decode(data: bytes, source: str = "chunk file") -> dict[str, np.ndarray]:
         count = int(np.prod(shape, dtype=np.int64))
         arrays[name] = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
         offset += count * dtype.itemsize
+    if offset != len(body):
+        raise ValueError(f"{len(body)} bytes of arrays, the header describes {offset}")
     return arrays
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import fastremap
 import numpy as np
 
-from emprocess import storage
+from emprocess import corrupt, storage
 from emprocess.chunkedgraph import volumes
 from emprocess.chunkedgraph.downsample import downsample_mode
 from emprocess.chunkedgraph.meta import GraphMeta, read_meta
@@ -81,8 +81,10 @@ def _ensure_info(segmentation: str, scales: list[Scale]) -> None:
     """Write the info once; every job computes the same one, and keys others add (mesh) are kept."""
     url = volumes.info_url(segmentation)
     wanted = volumes.segmentation_info([s.info for s in scales])
-    existing = storage.read_json_if_exists(url)
-    if existing is None:
+    data = storage.read_if_exists(url)
+    if data is None:
         storage.write_json(url, wanted)
-    elif existing.get("scales") != wanted["scales"]:
+        return
+    existing = corrupt.parse_json(data, url)
+    if not isinstance(existing, dict) or existing.get("scales") != wanted["scales"]:
         raise InputError(f"{url}: an info with other scales exists there; delete it or use a new run")

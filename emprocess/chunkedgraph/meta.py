@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from emprocess import storage
+from emprocess import corrupt, storage
 from emprocess.chunkedgraph.ids import IdLayout, grid_at
 from emprocess.stages import InputError
 
@@ -101,10 +101,15 @@ def chunk_url(graph: str, layer: int, coords) -> str:
 
 
 def read_meta(graph: str) -> GraphMeta:
-    """The graph's meta; FileNotFoundError says that cg.meta has not run."""
+    """The graph's meta; FileNotFoundError says that cg.meta has not run, InputError that the file
+    is not a meta of this version (every job of the graph would fail alike, so no retry helps)."""
     url = meta_url(graph)
     try:
-        data = storage.read_json(url)
+        data = storage.read(url)
     except FileNotFoundError:
         raise FileNotFoundError(f"{url}: graph meta not found (cg.meta has not run for this graph)") from None
-    return GraphMeta.from_json(data)
+    document = corrupt.parse_json(data, url)
+    try:
+        return GraphMeta.from_json(document)
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise InputError(f"{url}: not a graph meta of this version ({type(err).__name__}: {err})") from None

@@ -23,11 +23,11 @@ import math
 import fastremap
 import numpy as np
 
-from emprocess import storage
+from emprocess import corrupt, storage
 from emprocess.chunkedgraph import volumes
 from emprocess.chunkedgraph.agglomeration import load_table, shard_index, write_shards
 from emprocess.chunkedgraph.ids import MAX_LAYERS, SPATIAL_BITS, IdLayout, layer_count
-from emprocess.chunkedgraph.meta import GraphMeta, meta_url
+from emprocess.chunkedgraph.meta import GraphMeta, meta_url, read_meta
 from emprocess.stages import InputError
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,11 @@ def prepare_graph(payload: dict) -> dict:
         test=bool(payload.get("test", False)),
         table=shard_index(supervoxels) if supervoxels.size else None,
     )
-    existing = storage.read_json_if_exists(meta_url(graph))
-    if existing is not None and GraphMeta.from_json(existing) != meta:
+    try:
+        existing = read_meta(graph)
+    except FileNotFoundError:
+        existing = None
+    if existing is not None and existing != meta:
         raise InputError(f"{meta_url(graph)}: a graph with another layout or input exists there; use a new run")
 
     if supervoxels.size:
@@ -111,13 +114,13 @@ def _chunk_size(value) -> tuple[int, int, int]:
 
 
 def _watershed_scale(url: str) -> dict:
-    """Scale 0 of a valid watershed; InputError names the URL and what is wrong."""
+    """Scale 0 of a valid watershed; InputError names the URL and what is wrong. The info is read
+    here and parsed apart, so that a failed read stays retryable; tensorstore then checks the rest."""
     try:
-        info = storage.read_json(volumes.info_url(url))
+        data = storage.read(volumes.info_url(url))
     except FileNotFoundError:
         raise InputError(f"watershed {url}: no precomputed volume there ({volumes.info_url(url)} not found)") from None
-    except ValueError:
-        raise InputError(f"watershed {url}: its info file is not JSON") from None
+    info = corrupt.parse_json(data, f"watershed {url}: its info file {volumes.info_url(url)}")
     if not isinstance(info, dict) or info.get("type") != "segmentation":
         kind = info.get("type") if isinstance(info, dict) else type(info).__name__
         raise InputError(f"watershed {url}: not a segmentation (type {kind!r})")
@@ -125,21 +128,26 @@ def _watershed_scale(url: str) -> dict:
         raise InputError(f"watershed {url}: data_type {info.get('data_type')!r}, expected uint32 or uint64")
     if info.get("num_channels", 1) != 1 or not info.get("scales"):
         raise InputError(f"watershed {url}: expected one channel and at least one scale")
+    volumes.open_scale(url)  # the rest of the info (scale 0's size, chunking, encoding) as chunk jobs will read it
     return info["scales"][0]
 
 
 def _check_run_size(size: tuple, payload: dict, watershed: str) -> None:
     transforms_url = payload["transforms"]
     try:
-        transforms = storage.read_json(transforms_url)
+        data = storage.read(transforms_url)
     except FileNotFoundError:
         if payload.get("require_transforms"):
             raise InputError(
                 f"{transforms_url} not found: the run's aligned volume size is unknown (align has not run)"
             ) from None
         return
-    depth = int(transforms["maxz"]) - int(transforms["minz"]) + 1
-    expected = (int(transforms["width"]), int(transforms["height"]), depth)
+    transforms = corrupt.parse_json(data, transforms_url)
+    try:
+        depth = int(transforms["maxz"]) - int(transforms["minz"]) + 1
+        expected = (int(transforms["width"]), int(transforms["height"]), depth)
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{transforms_url}: no volume size in it ({type(err).__name__}: {err})") from None
     if size != expected:
         raise InputError(
             f"watershed {watershed}: size {list(size)} does not match the run's aligned volume {list(expected)} "

@@ -13,10 +13,12 @@ import numpy as np
 
 from emprocess.chunkedgraph import chunkfile
 from emprocess.chunkedgraph.meta import chunk_url, read_meta
+from emprocess.stages import InputError
 
 
 class ChunkedGraph:
-    """A read-only graph under ``url`` (``<chunk>/chunkedgraph``); chunk files are cached once read."""
+    """A read-only graph under ``url`` (``<chunk>/chunkedgraph``); chunk files are cached once read.
+    Files that do not decode or do not link up are InputError naming them: re-reading cannot mend them."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -53,7 +55,7 @@ class ChunkedGraph:
                 current[members] = self._follow_links(self.chunk_file(layer, coords), current[members])
         unresolved = (current != 0) & (self.layout.layers(current) < top)
         if unresolved.any():
-            raise ValueError(f"{self.url}: node {int(current[unresolved][0])} has no parent up to the root layer")
+            raise InputError(f"{self.url}: node {int(current[unresolved][0])} has no parent up to the root layer")
         return current
 
     @staticmethod
@@ -83,7 +85,7 @@ class ChunkedGraph:
             pos = np.searchsorted(arrays["child"], np.uint64(node))
             if pos < arrays["child"].size and arrays["child"][pos] == node:
                 return int(arrays["parent"][pos])
-        raise ValueError(f"{self.url}: node {node} has no parent")
+        raise InputError(f"{self.url}: node {node} has no parent")
 
     def children(self, node: int) -> np.ndarray:
         return self.children_of([node])

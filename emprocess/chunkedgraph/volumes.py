@@ -1,6 +1,8 @@
 """Neuroglancer precomputed segmentation volumes through tensorstore (watershed, supervoxels, roots).
 
 Arrays are indexed (x, y, z) in the graph's frame, i.e. relative to the volume's ``voxel_offset``.
+An undecodable ``info`` or chunk (the user's watershed cut short, say) is an InputError naming the
+volume and the voxels read; a failed transfer stays retryable (see ``emprocess.corrupt``).
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import tensorstore as ts
 
-from emprocess import storage
+from emprocess import corrupt, storage
 
 STORAGE_CHUNK = 64  # largest storage chunk side we write; graph chunks are multiples of it or smaller
 
@@ -42,14 +44,26 @@ def segmentation_scale(size, voxel_offset, resolution, chunk) -> dict:
 
 def open_scale(volume: str, scale_index: int = 0) -> ts.TensorStore:
     """The scale as a (x, y, z) array translated to origin 0 (channel dropped)."""
+    _check_scale_keys(volume)
     spec = {"driver": "neuroglancer_precomputed", "kvstore": storage.kvstore_spec(volume), "scale_index": scale_index}
     try:
         store = ts.open(spec, context=storage.context()).result()
-    except ValueError:
+    except ValueError as err:
         if not storage.exists(info_url(volume)):
             raise FileNotFoundError(f"{info_url(volume)}: not found") from None
-        raise
+        corrupt.raise_for(err, f"volume {volume}")
     return store[..., 0].translate_to[0, 0, 0]
+
+
+def _check_scale_keys(volume: str) -> None:
+    """Refuse an ``info`` whose scale keys lead elsewhere: tensorstore follows a key's '..' out of the
+    volume, so a user's watershed could otherwise make a job read (or write) outside its location
+    and, in a service, outside its allowed prefixes."""
+    data = storage.read_if_exists(info_url(volume))
+    info = None if data is None else corrupt.parse_json(data, f"volume {volume}: its {info_url(volume)}")
+    for scale in info.get("scales", []) if isinstance(info, dict) else []:
+        if isinstance(scale, dict) and isinstance(scale.get("key"), str):
+            storage.allowed(storage.join(volume, scale["key"]))
 
 
 def read(store: ts.TensorStore, lo, hi) -> np.ndarray:
@@ -58,10 +72,34 @@ def read(store: ts.TensorStore, lo, hi) -> np.ndarray:
     return np.asarray(read_later(store, lo, hi).result(), dtype=np.uint64)
 
 
-def read_later(store: ts.TensorStore, lo, hi) -> ts.Future:
+def read_later(store: ts.TensorStore, lo, hi) -> "PendingRead":
     """Start reading voxels [lo, hi) (Fortran order, the volume's dtype); tensorstore's threads
     decode while the caller works on a previous block."""
-    return store[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))].read(order="F")
+    box = [slice(int(a), int(b)) for a, b in zip(lo, hi)]
+    return PendingRead(store[tuple(box)].read(order="F"), store, box)
+
+
+class PendingRead:
+    """A read started by ``read_later``; ``result()`` waits for it, and raises InputError naming the
+    volume and voxels when a chunk of them cannot be decoded (tensorstore's message names the chunk)."""
+
+    def __init__(self, future: ts.Future, store: ts.TensorStore, box: list[slice]) -> None:
+        self._future, self._store, self._box = future, store, box
+
+    def result(self) -> np.ndarray:
+        try:
+            return self._future.result()
+        except ValueError as err:
+            lo, hi = [b.start for b in self._box], [b.stop for b in self._box]
+            corrupt.raise_for(err, f"volume {_url(self._store)}, voxels {lo} to {hi}")
+
+
+def _url(store: ts.TensorStore) -> str:
+    """The URL of the volume ``store`` was opened from (its base kvstore)."""
+    try:
+        return store.kvstore.url.rstrip("/")
+    except (AttributeError, ValueError):  # a kvstore without a URL form
+        return str(store.kvstore.path)
 
 
 def write(store: ts.TensorStore, lo, labels: np.ndarray) -> None:

@@ -176,7 +176,11 @@ def _write_pending(url: str, objects: dict[int, list[Fragment]]) -> None:
 
 
 def _read_pending(url: str) -> dict[int, list[Fragment]]:
-    arrays = chunkfile.read(url)
+    arrays = chunkfile.read(url)  # InputError when it does not decode
+    names = ("root", "lod", "position", "size", "data")
+    fits = all(name in arrays for name in names) and len({len(arrays[n]) for n in names[:4]}) == 1
+    if not fits or int(arrays["size"].sum()) != arrays["data"].size:
+        raise InputError(f"{url}: not a mesh pending file (its arrays do not fit together)")
     data = arrays["data"].tobytes()
     ends = np.cumsum(arrays["size"]).tolist()
     objects: dict[int, list[Fragment]] = defaultdict(list)

@@ -5,7 +5,8 @@ slabs whose chunks are encoded as they arrive, each scale's into a transaction t
 shards until it is committed (in the background, while the next scale is encoded). The JPEG and raw
 volumes are written one after the other (the raw pass reads the slabs again), and the coarser
 scales (1/7 of the block) are kept in memory between the passes. Every coarser scale is the 2×2×2
-mean of the exact scale below it, never of decoded JPEG.
+mean of the exact scale below it, never of decoded JPEG. An aligned or seed chunk that does not
+decode is an InputError naming the volume and slices (see ``emprocess.corrupt``), not retried.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import tensorstore as ts
 
+from emprocess import corrupt
 from emprocess.cpus import usable_cpus
 from emprocess.pyramid.chunks import ShardWriter
 from emprocess.pyramid.downsample import mean2
@@ -26,7 +28,7 @@ from emprocess.pyramid.writers import ALIGNED_CHUNKS, SEED_CHUNKS, open_zarr, zy
 SLAB = CHUNK  # scale-0 slices per read; a multiple of 16, so each block scale gets whole slices
 
 
-def _slabs(aligned: ts.TensorStore, box: Box,
+def _slabs(aligned: ts.TensorStore, aligned_url: str, box: Box,
            buffer: Callable[[str, Sequence[int]], np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
     """(first z, (z, y, x) data) of each slab of ``box``, reading the next slab while the last ones
     are encoded. Tensorstore reads straight into two slab buffers that take turns: fresh arrays, or
@@ -44,7 +46,8 @@ def _slabs(aligned: ts.TensorStore, box: Box,
     pending = read(0, starts[0])
     for i, z in enumerate(starts):
         slab, reading = pending
-        reading.result()
+        with corrupt.reading(f"aligned volume {aligned_url}, z index {z}..{z + len(slab) - 1}"):
+            reading.result()
         yield z, slab
         if i + 1 < len(starts):
             pending = read(i + 1, starts[i + 1])
@@ -75,7 +78,7 @@ def build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: 
         coarse = {s: buffer(f"scale {s}", [e - b for b, e in zip(*boxes[s])][::-1]) for s in boxes if s > 0}
 
         def first_pass() -> Iterator[tuple[int, np.ndarray]]:
-            for z, data in _slabs(aligned, boxes[0], buffer):
+            for z, data in _slabs(aligned, aligned_url, boxes[0], buffer):
                 yield z, data
                 level = data
                 for scale, target in coarse.items():
@@ -92,7 +95,7 @@ def build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: 
             seed[z0:z1, y0:y1, x0:x1].write(coarse[last]).result()
         if raw_url is not None:
             writers.append(ShardWriter(raw_url, layout, "raw", None, pool))
-            _write_volume(writers[1], boxes, _slabs(aligned, boxes[0], buffer), coarse)
+            _write_volume(writers[1], boxes, _slabs(aligned, aligned_url, boxes[0], buffer), coarse)
         for writer in writers:
             writer.commit()
 
@@ -101,7 +104,9 @@ def build_top(seed_url: str, jpeg_url: str, raw_url: str | None, layout: Pyramid
     """Write the top scales (one shard file each) by downsampling the seed, the exact last block scale,
     which holds 1/4096 of the volume."""
     last = layout.block_scales[-1]
-    level = open_zarr(seed_url, zyx(layout.scale_size(last)), SEED_CHUNKS, create=False).read().result()
+    reading = open_zarr(seed_url, zyx(layout.scale_size(last)), SEED_CHUNKS, create=False).read()
+    with corrupt.reading(f"pyramid seed {seed_url}"):
+        level = reading.result()
     levels = {}
     for scale in layout.top_scales:
         level = levels[scale] = mean2(level)

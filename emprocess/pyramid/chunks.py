@@ -23,6 +23,7 @@ import simplejpeg
 import tensorstore as ts
 from isal import igzip
 
+from emprocess import corrupt
 from emprocess.pyramid.layout import CHUNK, PyramidLayout, compressed_morton
 from emprocess.pyramid.writers import open_shards
 
@@ -86,7 +87,7 @@ class ShardWriter:
         self._store: ts.KvStore | None = None
         self._queued: list[list[Future]] = []  # the last write's rows of chunks, being encoded
         self._staged: list[ts.Future] = []
-        self._commits: list[ts.Future] = []
+        self._commits: list[tuple[int, ts.Future]] = []  # (scale, its shard files being written)
 
     def write(self, scale: int, origin: tuple[int, int, int], data: np.ndarray) -> None:
         """Queue the chunks of ``data``, (z, y, x) voxels of ``scale`` from ``origin`` (x, y, z, on the
@@ -123,13 +124,15 @@ class ShardWriter:
         if self._transaction is not None:
             for write in self._staged:
                 write.result()
-            self._commits.append(self._transaction.commit_async())
+            self._commits.append((self._scale, self._transaction.commit_async()))
         self._staged, self._transaction, self._store = [], None, None
 
     def commit(self) -> None:
         """Write the last scale's shard files, and wait until every scale's are written."""
         self._stage_queued()
         self._commit_scale()
-        for done in self._commits:
-            done.result()
+        for scale, done in self._commits:
+            # a shard file that exists is read to be merged: one that does not decode fails every re-run
+            with corrupt.reading(f"volume {self._url} scale {scale}, an existing shard file (delete it to rewrite it)"):
+                done.result()
         self._commits, self._scale = [], None

@@ -10,14 +10,14 @@
 
 Every chunk is stored even when it equals the fill value, so the files a task writes are exactly the
 ones its plan predicts. Tensorstore errors become FileNotFoundError (missing) or InputError
-(incompatible), naming the URL; others stay transient.
+(incompatible or undecodable, see ``emprocess.corrupt``), naming the URL; others stay transient.
 """
 
 from __future__ import annotations
 
 import tensorstore as ts
 
-from emprocess import storage
+from emprocess import corrupt, storage
 from emprocess.pyramid.layout import CHUNK, PyramidLayout
 from emprocess.stages import InputError
 
@@ -32,12 +32,9 @@ def _open(spec: dict, url: str, **options) -> ts.TensorStore:
     try:
         return ts.open(spec, context=storage.context(), **options).result()
     except ValueError as err:
-        message = str(err).split(" [tensorstore_spec=")[0]
-        if message.startswith("NOT_FOUND"):
-            raise FileNotFoundError(f"{url}: {message}") from None
-        if message.startswith(("FAILED_PRECONDITION", "INVALID_ARGUMENT")):
-            raise InputError(f"{url}: {message}") from None
-        raise
+        if storage.tensorstore_message(err).startswith("NOT_FOUND"):
+            raise FileNotFoundError(f"{url}: {storage.tensorstore_message(err)}") from None
+        corrupt.raise_for(err, url)
 
 
 def zarr_spec(url: str, shape: tuple[int, int, int] | None = None, chunks: tuple[int, int, int] | None = None) -> dict:
