@@ -210,3 +210,20 @@ def test_a_permanent_error_fails_the_worker_without_airflow_s_retries(airflow_db
     assert server.calls["k003"] == 1
     assert all(server.calls[f"k{z:03d}"] == 1 for z in range(0, 10, 2)), server.calls  # worker 0's, all done
     assert max(server.calls.values()) == 1, server.calls  # worker 1 stopped at k003: none was called again
+
+
+def test_transient_failures_are_retried_for_the_retry_window_then_fail(ctx):
+    server = FlakyServer({"k000": ["503"] * 40})
+    try:
+        short = ServiceClient(server.url, timeout_s=5, backoff_base_s=0.01, backoff_cap_s=0.05, retry_window_s=1.0)
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"attempts; last: HTTP 503.* of a 1 s retry window"):
+            short.post("/flaky", {"key": "k000"})
+        assert 1.0 <= time.monotonic() - started < 5
+        tried = server.calls["k000"]
+        assert 5 < tried < 40
+        patient = ServiceClient(server.url, timeout_s=5, backoff_base_s=0.01, backoff_cap_s=0.05, retry_window_s=60)
+        assert patient.post("/flaky", {"key": "k000"}) == {"echo": "k000"}  # the outage ended within its window
+    finally:
+        server.close()
+    assert server.calls["k000"] == 41

@@ -32,7 +32,8 @@ def failing_at_once() -> Iterator[None]:
 
 def client_for(conn_id: str, stop: threading.Event) -> ServiceClient:
     """A client for an Airflow HTTP connection. Extras: ``auth: google_id_token`` (Cloud Run ID
-    tokens for the connection's host), ``timeout`` (s per call), ``backoff_base`` (s, first retry)."""
+    tokens for the connection's host), ``timeout`` (s per call), ``retry_window`` (s a call's
+    transient failures are retried), ``backoff_base`` (s, first retry)."""
     conn = BaseHook.get_connection(conn_id)
     scheme = conn.schema if conn.schema in ("http", "https") else (conn.conn_type or "http")
     if scheme not in ("http", "https"):
@@ -44,6 +45,7 @@ def client_for(conn_id: str, stop: threading.Event) -> ServiceClient:
         base,
         auth=auth,
         timeout_s=float(extra.get("timeout", 900)),
+        retry_window_s=float(extra.get("retry_window", 600)),
         backoff_base_s=float(extra.get("backoff_base", 1.0)),
         stop=stop,
     )

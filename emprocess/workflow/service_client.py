@@ -1,15 +1,19 @@
 """POST one mini-task to a service with retries, backoff and optional Cloud Run ID-token auth.
 
 Transient failures (connection errors, timeouts, replies cut off or undecodable mid-body, 429, 5xx)
-are retried with exponential backoff and full jitter, all within one ``max_attempts`` budget; 4xx is
-permanent and raised at once with the service's own message.
+are retried with capped exponential backoff and full jitter for a retry window (10 minutes by default,
+from a call's first failure): long enough to ride out a Cloud Run cold start, a rolling redeploy or
+a restarted service without failing the task. 4xx is permanent and raised at once with the service's
+own message.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 
 import requests
@@ -62,15 +66,17 @@ class ServiceClient:
     base_url: str
     auth: IdTokenAuth | None = None
     timeout_s: float = 900.0
-    max_attempts: int = 6
+    retry_window_s: float = 600.0  # how long a call's transient failures are retried
+    max_attempts: int | None = None  # a bound on attempts as well, when set
     backoff_base_s: float = 1.0
-    backoff_cap_s: float = 60.0
+    backoff_cap_s: float = 30.0
     stop: threading.Event = field(default_factory=threading.Event)
     session: requests.Session = field(default_factory=requests.Session)
 
     def post(self, endpoint: str, payload: dict) -> dict:
         url = self.base_url.rstrip("/") + endpoint
-        for attempt in range(1, self.max_attempts + 1):
+        first_failure = None
+        for attempt in itertools.count(1):
             if self.stop.is_set():
                 raise Stopped(f"stopped before calling {endpoint}")
             headers = self.auth.header() if self.auth else {}
@@ -87,9 +93,13 @@ class ServiceClient:
                 if response.status_code not in RETRYABLE_STATUS:
                     raise PermanentError(f"{endpoint} answered {response.status_code}: {message}")
                 reason = f"HTTP {response.status_code}: {message}"
-            if attempt == self.max_attempts:
-                raise RuntimeError(f"{endpoint} failed after {attempt} attempts; last: {reason}")
-            delay = random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** (attempt - 1)))
+            now = time.monotonic()
+            first_failure = now if first_failure is None else first_failure
+            left = self.retry_window_s - (now - first_failure)
+            if left <= 0 or attempt == self.max_attempts:
+                raise RuntimeError(f"{endpoint} failed after {attempt} attempts; last: {reason} (retried for "
+                                   f"{now - first_failure:.0f} s of a {self.retry_window_s:.0f} s retry window)")
+            delay = min(left, random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** (attempt - 1))))
             log.warning("%s attempt %d failed (%s); retrying in %.1f s", endpoint, attempt, reason, delay)
             if self.stop.wait(delay):
                 raise Stopped(f"stopped while retrying {endpoint}")
