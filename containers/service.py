@@ -1,10 +1,18 @@
 """Build a service's FastAPI app from the stages registered for it.
 
-Each stage's endpoint takes its mini-task payload as JSON and answers ``work(payload)``. Every URL in
-a payload must lie under one of the prefixes in ``EMPROCESS_ALLOWED_PREFIXES`` (comma-separated; see
-``storage.is_under``, e.g. ``gs://B,gs://B_*`` for source bucket B and its runs' buckets); others are
-refused with 403 before anything is read. Bad input answers 4xx with a message naming
-the URL or key (not retried by callers); anything else is 500 (retried).
+Each stage's endpoint takes its mini-task payload, validated against the stage's payload model
+(its schema is the endpoint's request schema in OpenAPI), and answers ``work(payload)``. What a
+request may do, and how each refusal answers (callers retry only 5xx and 429):
+
+- 413: a body over ``EMPROCESS_MAX_BODY_BYTES``, or a call whose memory estimate exceeds what this
+  service gives one call (``EMPROCESS_MEMORY_LIMIT`` / ``EMPROCESS_CONCURRENT_REQUESTS``);
+- 422: JSON nested too deep, a missing, unknown or wrong-typed field, a value out of bounds, an
+  unusable location, or input data that is unreadable or inconsistent (the message names the field,
+  URL or slice, never a credential);
+- 403: a location outside ``EMPROCESS_ALLOWED_PREFIXES``, checked as storage will use it
+  (normalised, symlinks resolved), both in the payload and on every storage access while serving;
+- 404: a missing input file;
+- 5xx: only the service's own faults.
 
 A mini-task can take gigabytes (a 1024³ pyramid block ~1.5 GB, a 20k² slice up to 2 GB), so a process
 runs at most ``EMPROCESS_CONCURRENT_REQUESTS`` (default 1) at once and further requests wait their
@@ -14,85 +22,91 @@ turn instead of running the instance out of memory; ``/healthz`` answers meanwhi
 from __future__ import annotations
 
 import logging
-import os
-import re
 import threading
+from contextlib import asynccontextmanager
 
-from fastapi import Body, FastAPI, HTTPException
+from fastapi import Body, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
+from containers.limits import BodyLimits
+from containers.settings import MAX_JSON_DEPTH, Settings
 from emprocess import __version__, registry, storage
 from emprocess.config import ConfError
+from emprocess.redact import redact, redact_logs
+from emprocess.payloads import describe_errors
 from emprocess.stages import InputError, Stage
 
 log = logging.getLogger("emprocess.service")
-URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
-def allowed_prefixes() -> list[str]:
-    """``EMPROCESS_ALLOWED_PREFIXES``, each checked now, so that a bad one stops the service at start."""
-    prefixes = [p.strip() for p in os.environ.get("EMPROCESS_ALLOWED_PREFIXES", "").split(",") if p.strip()]
-    for prefix in prefixes:
+def _handler(stage: Stage, settings: Settings, admission: threading.Semaphore):
+    def handle(payload=Body(...)) -> dict:
+        data = payload.model_dump(mode="json") if stage.payload else payload
         try:
-            storage.check_prefix(prefix)
-        except storage.StorageError as err:
-            raise ValueError(f"EMPROCESS_ALLOWED_PREFIXES: {err}") from None
-    return prefixes
-
-
-def payload_urls(value) -> list[str]:
-    """Every string in a payload that looks like a URL."""
-    if isinstance(value, dict):
-        return [u for v in value.values() for u in payload_urls(v)]
-    if isinstance(value, list):
-        return [u for v in value for u in payload_urls(v)]
-    return [value] if isinstance(value, str) and URL_RE.match(value) else []
-
-
-def check_urls(payload: dict, prefixes: list[str]) -> None:
-    for url in payload_urls(payload):
-        try:
-            allowed = storage.is_under(url, prefixes)
-        except storage.StorageError as err:
-            raise HTTPException(status_code=400, detail=str(err)) from None
-        if not allowed:
-            raise HTTPException(status_code=403, detail=f"{url} is outside this service's allowed prefixes")
-
-
-def concurrent_requests() -> int:
-    raw = os.environ.get("EMPROCESS_CONCURRENT_REQUESTS", "1")
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"EMPROCESS_CONCURRENT_REQUESTS must be a whole number ≥ 1, got {raw!r}")
-    return int(raw)
-
-
-def _handler(stage: Stage, prefixes: list[str], admission: threading.Semaphore):
-    def handle(payload: dict = Body(...)) -> dict:
-        check_urls(payload, prefixes)
-        try:
+            if stage.memory is not None:
+                _check_memory(stage, data, settings)
             with admission:
-                return stage.work(payload)
+                return stage.work(data)
         except FileNotFoundError as err:
-            raise HTTPException(status_code=404, detail=str(err)) from None
+            raise HTTPException(status_code=404, detail=redact(str(err))) from None
         except (InputError, ConfError, storage.StorageError) as err:
-            raise HTTPException(status_code=422, detail=str(err)) from None
+            raise HTTPException(status_code=422, detail=redact(str(err))) from None
+        except ValueError as err:  # a volume tensorstore cannot open or read as asked
+            if not storage.is_permanent(err):
+                raise
+            raise HTTPException(status_code=422, detail=redact(str(err))) from None
 
     handle.__name__ = stage.name.replace(".", "_")
     handle.__doc__ = (stage.work.__doc__ or "").strip().split("\n")[0] or stage.name
+    handle.__annotations__ = {"payload": stage.payload or dict, "return": dict}
     return handle
 
 
+def _check_memory(stage: Stage, payload: dict, settings: Settings) -> None:
+    needed = stage.memory(payload)
+    if needed > settings.memory_per_call:
+        raise HTTPException(status_code=413, detail=(
+            f"{stage.name}: this call needs about {needed / 1e9:.1f} GB at its peak, more than the "
+            f"{settings.memory_per_call / 1e9:.1f} GB this service gives one call (EMPROCESS_MEMORY_LIMIT "
+            f"{settings.memory_limit / 1e9:.1f} GB / EMPROCESS_CONCURRENT_REQUESTS {settings.concurrent_requests})"))
+
+
 def build_app(service: str, stages: list[Stage] | None = None) -> FastAPI:
-    """The app serving ``stages`` (by default every stage registered for ``service``)."""
-    prefixes = allowed_prefixes()
-    admission = threading.Semaphore(concurrent_requests())
-    app = FastAPI(title=f"emprocess {service}", version=__version__)
+    """The app serving ``stages`` (by default every stage registered for ``service``). While it is
+    served, this process's storage is confined to the allowed prefixes."""
+    settings = Settings.from_env()
+    admission = threading.Semaphore(settings.concurrent_requests)
+
+    @asynccontextmanager
+    async def confined(app: FastAPI):
+        storage.confine(settings.allowed_prefixes)
+        redact_logs()
+        try:
+            yield
+        finally:
+            storage.confine(None)
+
+    app = FastAPI(title=f"emprocess {service}", version=__version__, lifespan=confined)
+    app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, max_depth=MAX_JSON_DEPTH)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": describe_errors(err.errors())}, status_code=422)
+
+    @app.exception_handler(storage.OutsideAllowedPrefixes)
+    async def outside(request: Request, err: storage.OutsideAllowedPrefixes) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=403)
 
     @app.get("/healthz")
     async def healthz() -> dict:  # async: answered on the event loop even when every worker thread waits
         return {"ok": True, "service": service, "version": __version__}
 
+    served = {}
     for stage in registry.for_service(service) if stages is None else stages:
-        app.post(stage.endpoint, name=stage.name)(_handler(stage, prefixes, admission))
-    if not prefixes:
+        served.setdefault(stage.endpoint, stage)  # graph and mesh layers share one endpoint and work
+    for endpoint, stage in served.items():
+        app.post(endpoint, name=stage.name)(_handler(stage, settings, admission))
+    if not settings.allowed_prefixes:
         log.warning("EMPROCESS_ALLOWED_PREFIXES is empty: every request with a URL will be refused")
     return app

@@ -9,10 +9,13 @@ Worker *i* of *W* takes the mini-tasks whose index ≡ *i* (mod *W*).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, TypedDict
+from typing import TYPE_CHECKING, Callable, TypedDict
 
 from emprocess import storage
 from emprocess.config import RunConf, parse_conf, run_key
+
+if TYPE_CHECKING:
+    from emprocess.payloads import Payload
 
 
 class InputError(ValueError):
@@ -59,7 +62,9 @@ class Stage:
 
     ``service`` names the HTTP service that runs ``work`` ("fiji" or "emwrite"); None means the step
     is light and runs where the orchestrator runs it. ``check`` optionally verifies a finished
-    mini-task's output (payload, result) → bool before its result is cached.
+    mini-task's output (payload, result) → bool before its result is cached. ``memory`` estimates
+    the bytes one mini-task holds at its peak, so a service can refuse one that cannot fit before
+    starting it.
     """
 
     name: str
@@ -68,6 +73,12 @@ class Stage:
     plan: Callable[[RunContext], list[MiniTask]]
     work: Callable[[dict], dict]
     check: Callable[[dict, dict], bool] | None = field(default=None)
+    memory: Callable[[dict], int] | None = field(default=None)
+
+    @property
+    def payload(self) -> type[Payload] | None:
+        """The payload model ``work`` declared with ``takes``."""
+        return getattr(self.work, "payload", None)
 
 
 def share(tasks: list[MiniTask], worker: int, width: int) -> list[MiniTask]:

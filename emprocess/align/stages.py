@@ -19,13 +19,48 @@ align.collect is one light mini-task ("collect") that composes the results (see 
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
 from emprocess import storage
 from emprocess.align.collect import collect
+from emprocess.align.images import image_size
 from emprocess.align.register import register_run
 from emprocess.config import run_key
-from emprocess.stages import InputError, MiniTask, RunContext, Stage
+from emprocess.payloads import MAX_URLS, Index, Location, Payload, takes
+from emprocess.stages import MiniTask, RunContext, Stage
 
 PAIRS_PER_TASK = 8
+# Peak memory of one call, fitted to what benchmarks/align.py measured: 0.8 GB for a 16 MP pair,
+# 2.0 GB for a 20k × 20k one (the README's table).
+PAIR_BASE_BYTES = 750_000_000
+PAIR_BYTES_PER_PIXEL = 3.125
+
+
+class PairsPayload(Payload):
+    """Either ``images`` with their consecutive slice numbers ``z`` (a run of pairs), or ``img1`` and
+    ``img2`` (one pair); ``downsample`` divides both sides before features are found."""
+
+    images: Annotated[list[Location], Field(min_length=2, max_length=MAX_URLS)] | None = None
+    z: Annotated[list[Index], Field(min_length=2, max_length=MAX_URLS)] | None = None
+    img1: Location | None = None
+    img2: Location | None = None
+    downsample: Annotated[int, Field(ge=1, le=64)] = 1
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "PairsPayload":
+        plain = (self.img1, self.img2)
+        batched = (self.images, self.z)
+        if all(v is not None for v in plain) and all(v is None for v in batched):
+            return self
+        if any(v is not None for v in plain) or any(v is None for v in batched):
+            raise ValueError("give 'img1' and 'img2', or 'images' and 'z': equal-length lists of at least 2")
+        if len(self.images) != len(self.z):
+            raise ValueError("'images' and 'z' must be equal-length lists")
+        if self.z != list(range(self.z[0], self.z[0] + len(self.z))):
+            raise ValueError(f"'z' must be consecutive slice numbers, got {self.z}")
+        return self
 
 
 def plan_pairs(ctx: RunContext) -> list[MiniTask]:
@@ -41,21 +76,21 @@ def plan_pairs(ctx: RunContext) -> list[MiniTask]:
     return tasks
 
 
+@takes(PairsPayload)
 def align_pairs(payload: dict) -> dict:
     """Register adjacent slices (either payload form, see the module docstring)."""
     downsample = payload.get("downsample", 1)
-    if not isinstance(downsample, int) or isinstance(downsample, bool) or downsample < 1:
-        raise InputError(f"'downsample' must be a positive integer, got {downsample!r}")
-    if "img1" in payload or "img2" in payload:
-        if not (isinstance(payload.get("img1"), str) and isinstance(payload.get("img2"), str)):
-            raise InputError("the plain form needs both 'img1' and 'img2' URLs")
+    if payload.get("img1") is not None:
         return next(register_run([payload["img1"], payload["img2"]], downsample))
-    images, zs = payload.get("images"), payload.get("z")
-    if not isinstance(images, list) or not isinstance(zs, list) or len(images) < 2 or len(images) != len(zs):
-        raise InputError("give 'img1' and 'img2', or 'images' and 'z': equal-length lists of at least 2")
-    if not all(isinstance(z, int) for z in zs) or zs != list(range(zs[0], zs[0] + len(zs))):
-        raise InputError(f"'z' must be consecutive slice numbers, got {zs}")
+    images, zs = payload["images"], payload["z"]
     return {"pairs": [{"z": z, **result} for z, result in zip(zs, register_run(images, downsample))]}
+
+
+def pairs_memory(payload: dict) -> int:
+    """Peak bytes of one call: grows with the largest slice (its header gives the size)."""
+    images = payload["images"] if payload.get("images") else [payload["img1"], payload["img2"]]
+    largest = max(w * h for w, h in map(image_size, images))
+    return int(PAIR_BASE_BYTES + PAIR_BYTES_PER_PIXEL * largest)
 
 
 def plan_collect(ctx: RunContext) -> list[MiniTask]:
@@ -80,7 +115,8 @@ def collect_wrote_transforms(payload: dict, result: dict) -> bool:
     return storage.exists(result["transforms"])
 
 
-PAIRS = Stage(name="align.pairs", service="fiji", endpoint="/align", plan=plan_pairs, work=align_pairs)
+PAIRS = Stage(name="align.pairs", service="fiji", endpoint="/align", plan=plan_pairs, work=align_pairs,
+              memory=pairs_memory)
 COLLECT = Stage(
     name="align.collect", service=None, endpoint="", plan=plan_collect, work=collect, check=collect_wrote_transforms
 )

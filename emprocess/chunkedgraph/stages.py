@@ -9,6 +9,9 @@ raises FileNotFoundError (DAG order runs cg.meta first, so that means cg.meta di
 from __future__ import annotations
 
 from functools import partial
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from emprocess import storage
 from emprocess.align import transforms_url
@@ -19,9 +22,49 @@ from emprocess.chunkedgraph.layer2 import build_layer2_chunk
 from emprocess.chunkedgraph.meta import GraphMeta, chunk_url, read_meta
 from emprocess.chunkedgraph.parents import build_parent_chunk
 from emprocess.chunkedgraph.prepare import prepare_graph
+from emprocess.payloads import Coords, Location, Payload, takes
 from emprocess.stages import MiniTask, RunContext, Stage
 
 SERVICE = "emwrite"
+MAX_CHUNK_SIDE = 4096
+
+
+class GraphMetaPayload(Payload):
+    """The graph at ``graph`` over the supervoxels of ``watershed`` (see prepare.prepare_graph)."""
+
+    graph: Location
+    watershed: Location
+    supervoxels: Location
+    agglomeration: Location | None = None
+    chunk_size: Annotated[list[Annotated[int, Field(le=MAX_CHUNK_SIDE)]], Field(min_length=3, max_length=3)]
+    test: bool = False
+    transforms: Location
+    require_transforms: bool
+
+
+class GraphLayerPayload(Payload):
+    """One chunk of one layer of the graph at ``graph``."""
+
+    graph: Location
+    layer: Annotated[int, Field(ge=3, le=MAX_LAYERS)]
+    chunk: Coords
+
+
+class GraphLayer2Payload(GraphLayerPayload):
+    """One layer-2 chunk, built from the ``watershed`` and writing the graph's own ``supervoxels``."""
+
+    layer: Literal[2]
+    watershed: Location
+    supervoxels: Location
+
+
+class FlattenPayload(Payload):
+    """One layer-2 chunk of the root-ID layer at ``segmentation``."""
+
+    graph: Location
+    supervoxels: Location
+    segmentation: Location
+    chunk: Coords
 
 __all__ = ["MAX_LAYERS", "STAGES", "chunk_task", "layer_width", "status"]
 
@@ -102,15 +145,17 @@ def _chunk_written(payload: dict, result: dict) -> bool:
 
 
 def _layer_stage(layer: int) -> Stage:
-    work = build_layer2_chunk if layer == 2 else build_parent_chunk
+    work = LAYER2_WORK if layer == 2 else PARENT_WORK
     endpoint = "/cg/layer2" if layer == 2 else "/cg/layer"
     return Stage(f"cg.layer{layer}", SERVICE, endpoint, partial(plan_layer, layer), work, _chunk_written)
 
 
+LAYER2_WORK = takes(GraphLayer2Payload)(build_layer2_chunk)
+PARENT_WORK = takes(GraphLayerPayload)(build_parent_chunk)
 STAGES = [
-    Stage("cg.meta", SERVICE, "/cg/meta", plan_meta, prepare_graph),
+    Stage("cg.meta", SERVICE, "/cg/meta", plan_meta, takes(GraphMetaPayload)(prepare_graph)),
     *(_layer_stage(layer) for layer in range(2, MAX_LAYERS + 1)),
-    Stage("cg.flatten", SERVICE, "/cg/flatten", plan_flatten, flatten_chunk),
+    Stage("cg.flatten", SERVICE, "/cg/flatten", plan_flatten, takes(FlattenPayload)(flatten_chunk)),
 ]
 
 

@@ -8,6 +8,9 @@ service. Plans read the graph meta that cg.meta wrote.
 from __future__ import annotations
 
 from functools import partial
+from typing import Annotated
+
+from pydantic import Field
 
 from emprocess import storage
 from emprocess.chunkedgraph.ids import MAX_LAYERS
@@ -15,9 +18,29 @@ from emprocess.chunkedgraph.meta import chunk_url, read_meta
 from emprocess.chunkedgraph.volumes import info_url
 from emprocess.meshing.layout import MESH_DIRECTORY, MeshLayout, mesh_url
 from emprocess.meshing.levels import mesh_chunk
+from emprocess.payloads import Coords, Location, Payload, takes
 from emprocess.stages import MiniTask, RunContext, Stage
 
 SERVICE = "emwrite"
+
+
+class MeshMetaPayload(Payload):
+    """The mesh ``info`` of the root-ID layer at ``segmentation``, for the graph at ``graph``."""
+
+    graph: Location
+    segmentation: Location
+
+
+class MeshLayerPayload(Payload):
+    """The meshes of one chunk of one layer; fragments of unfinished bodies go to ``pending``."""
+
+    graph: Location
+    segmentation: Location
+    mesh: Location
+    pending: Location
+    layer: Annotated[int, Field(ge=2, le=MAX_LAYERS)]
+    chunk: Coords
+    simplification_factor: Annotated[float, Field(gt=1, le=1e6)]
 
 
 def _pending(ctx: RunContext) -> str:
@@ -31,6 +54,7 @@ def plan_meta(ctx: RunContext) -> list[MiniTask]:
                                         "segmentation": ctx.locations.segmentation}}]
 
 
+@takes(MeshMetaPayload)
 def write_mesh_info(payload: dict) -> dict:
     """mesh.meta work: the mesh ``info``, and the segmentation's ``info`` pointing at it."""
     layout = MeshLayout.of(read_meta(payload["graph"]))
@@ -61,8 +85,9 @@ def _pending_written(payload: dict, result: dict) -> bool:
     return storage.exists(chunk_url(payload["pending"], payload["layer"], payload["chunk"]))
 
 
+MESH_WORK = takes(MeshLayerPayload)(mesh_chunk)
 STAGES = [
     Stage("mesh.meta", SERVICE, "/mesh/meta", plan_meta, write_mesh_info),
-    *(Stage(f"mesh.layer{layer}", SERVICE, "/mesh/layer", partial(plan_layer, layer), mesh_chunk, _pending_written)
+    *(Stage(f"mesh.layer{layer}", SERVICE, "/mesh/layer", partial(plan_layer, layer), MESH_WORK, _pending_written)
       for layer in range(2, MAX_LAYERS + 1)),
 ]

@@ -9,17 +9,58 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from emprocess import storage
-from emprocess.align.images import read_image
-from emprocess.pyramid.intensity import stack_rule
+from emprocess.align.images import image_size, read_image
+from emprocess.pyramid.intensity import SAMPLE_SLICES, stack_rule
 from emprocess.pyramid.warp import clahe, thumbnail_png, warp
 from emprocess.pyramid.writers import ALIGNED_CHUNKS, open_zarr, zarr_chunk_key
+from emprocess.payloads import Axis, Index, Location, Payload, takes
 from emprocess.stages import InputError
 
 WRITE_ROWS = ALIGNED_CHUNKS[1]
+# Peak memory of one slice, fitted to what was measured (1.7 GB for a 20k × 20k 16-bit slice): the
+# decoded source at up to 2 bytes a pixel, and the warped and CLAHE'd 8-bit slices.
+WARP_BASE_BYTES = 100_000_000
+WARP_BYTES_PER_SOURCE_PIXEL = 2
+WARP_BYTES_PER_ALIGNED_PIXEL = 2
+
+class IntensitySample(Payload):
+    """Where the stack's 16-bit → 8-bit rule is kept, the slices it is measured on, and whether this
+    slice's task writes it."""
+
+    url: Location
+    sample: Annotated[list[Location], Field(min_length=1, max_length=SAMPLE_SLICES)]
+    writer: bool
+
+
+class WarpPayload(Payload):
+    """One slice ``z`` (at ``z_index`` of ``depth`` in the aligned volume) warped by ``transform`` into a
+    ``width`` × ``height`` frame."""
+
+    z: Index
+    slice: Location
+    source_size: Annotated[list[Axis], Field(min_length=2, max_length=2)] | None = None
+    transform: Annotated[list[Annotated[list[float], Field(max_length=3)]], Field(max_length=3)]
+    width: Axis
+    height: Axis
+    depth: Axis
+    z_index: Index
+    clip_limit: Annotated[float, Field(ge=0, le=1)]
+    aligned: Location
+    thumbnail: Location
+    intensity: IntensitySample
+
+    @model_validator(mode="after")
+    def _in_volume(self) -> "WarpPayload":
+        matrix_of(self.transform, self.z)
+        if self.z_index >= self.depth:
+            raise ValueError(f"'z_index' {self.z_index} is outside the volume's {self.depth} slices")
+        return self
 
 
 def matrix_of(transform, z: int) -> np.ndarray:
@@ -44,6 +85,7 @@ def _this_or_read(url: str, image: np.ndarray, wanted: str) -> np.ndarray:
     return image if wanted == url else read_image(wanted)
 
 
+@takes(WarpPayload)
 def write_aligned_slice(payload: dict) -> dict:
     """Warp one slice into the aligned frame, apply CLAHE, store it and its thumbnail."""
     z, url = payload["z"], payload["slice"]
@@ -79,6 +121,13 @@ def write_aligned_slice(payload: dict) -> dict:
         "source_size": source_size,
         "intensity": None if rule is None else {"low": rule.low, "high": rule.high},
     }
+
+
+def warp_memory(payload: dict) -> int:
+    """Peak bytes of one slice: its source (size from the payload or the header) and aligned frame."""
+    width, height = payload.get("source_size") or image_size(payload["slice"])
+    return (WARP_BASE_BYTES + WARP_BYTES_PER_SOURCE_PIXEL * width * height
+            + WARP_BYTES_PER_ALIGNED_PIXEL * payload["width"] * payload["height"])
 
 
 def warp_outputs(payload: dict) -> list[str]:

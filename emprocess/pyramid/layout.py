@@ -139,9 +139,17 @@ class PyramidLayout:
 
     # blocks ---------------------------------------------------------------------------------------
 
+    @property
+    def block_counts(self) -> tuple[int, int, int]:
+        return tuple(_ceil_div(n, BLOCK) for n in self.size)
+
     def blocks(self) -> list[tuple[int, int, int]]:
-        counts = [_ceil_div(n, BLOCK) for n in self.size]
+        counts = self.block_counts
         return [(i, j, k) for k, j, i in product(range(counts[2]), range(counts[1]), range(counts[0]))]
+
+    def has_block(self, block) -> bool:
+        """Whether ``block`` (i, j, k) is one of ``blocks()``, without listing them."""
+        return len(block) == 3 and all(0 <= b < n for b, n in zip(block, self.block_counts))
 
     def block_box(self, block: tuple[int, int, int], scale: int) -> Box:
         """The voxels of ``block``'s footprint at ``scale`` (short at the volume's far edges)."""

@@ -18,17 +18,78 @@ where layout = {size: [x, y, z], voxel_offset: [0, 0, minz], resolution: [x, y, 
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
+from pydantic import Field, model_validator
+
 from emprocess import storage
 from emprocess.align import transforms_url
-from emprocess.pyramid.aligned import warp_outputs, write_aligned_slice
+from emprocess.pyramid.aligned import warp_memory, warp_outputs, write_aligned_slice
 from emprocess.pyramid.build import build_block, build_top
 from emprocess.pyramid.intensity import sample_slices
-from emprocess.pyramid.layout import PyramidLayout
+from emprocess.pyramid.layout import BLOCK, PyramidLayout
 from emprocess.pyramid.meta import write_info, write_provenance
 from emprocess.pyramid.writers import SEED_CHUNKS, zarr_chunk_key
+from emprocess.payloads import MAX_TEXT, MAX_URLS, Coords, Layout, Location, Payload, takes
 from emprocess.stages import InputError, MiniTask, RunContext, Stage
 
 THUMBNAILS = "align/thumbnails"  # under the process location, one ``<z>.png`` per slice
+# Peak memory, as measured (the README's table): 1.5 GB for a whole 1024³ block (JPEG + raw), and for
+# the top task 1.2 bytes per 4096 voxels of the volume.
+SHARD_BASE_BYTES = 100_000_000
+SHARD_BYTES_PER_VOXEL = 1.3
+TOP_BASE_BYTES = 100_000_000
+TOP_BYTES_PER_VOXEL = 1.2 / 4096
+
+Quality = Annotated[int, Field(ge=1, le=100)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+
+
+class Provenance(Payload):
+    """What a volume's ``provenance`` file records: free text, kept as given."""
+
+    description: Text
+    sources: Annotated[list[Text], Field(max_length=MAX_URLS)]
+    owners: Annotated[list[Text], Field(max_length=MAX_URLS)]
+    method: dict[str, Any]
+
+
+class PyramidMetaPayload(Payload):
+    """The JPEG volume at ``jpeg`` (and the raw one at ``raw``) of geometry ``layout``."""
+
+    jpeg: Location
+    raw: Location | None = None
+    layout: Layout
+    jpeg_quality: Quality
+    provenance: Provenance
+
+
+class ShardPayload(Payload):
+    """Block ``block`` (i, j, k of the 1024³ grid) of the aligned volume at ``aligned``."""
+
+    block: Coords
+    aligned: Location
+    jpeg: Location
+    raw: Location | None = None
+    seed: Location | None = None
+    layout: Layout
+    jpeg_quality: Quality
+
+    @model_validator(mode="after")
+    def _in_volume(self) -> "ShardPayload":
+        if not PyramidLayout(tuple(self.layout.size), (0, 0, 0), (1, 1, 1)).has_block(self.block):
+            raise ValueError(f"'block' {self.block} is outside the volume {self.layout.size}")
+        return self
+
+
+class TopPayload(Payload):
+    """The scales above the blocks', from the last block scale at ``seed``."""
+
+    seed: Location
+    jpeg: Location
+    raw: Location | None = None
+    layout: Layout
+    jpeg_quality: Quality
 
 
 def thumbnail_url(ctx: RunContext, z: int) -> str:
@@ -122,6 +183,7 @@ def plan_meta(ctx: RunContext) -> list[MiniTask]:
     }}]
 
 
+@takes(PyramidMetaPayload)
 def write_meta(payload: dict) -> dict:
     """Write the info and provenance of the JPEG (and raw) volume."""
     layout = PyramidLayout.from_json(payload["layout"])
@@ -161,15 +223,23 @@ def plan_shard(ctx: RunContext) -> list[MiniTask]:
     }} for i, j, k in layout.blocks()]
 
 
+@takes(ShardPayload)
 def write_shard(payload: dict) -> dict:
     """Write every block scale of one 1024³ block (JPEG and raw) and its seed for the top task."""
     layout = PyramidLayout.from_json(payload["layout"])
     block = tuple(payload["block"])
-    if block not in layout.blocks():
-        raise InputError(f"block {list(block)} is outside the volume {list(layout.size)}")
     build_block(payload["aligned"], payload["jpeg"], payload.get("raw"), payload.get("seed"), layout, block,
                 payload["jpeg_quality"])
     return {"block": list(block), "scales": list(layout.block_scales), "files": shard_outputs(payload)}
+
+
+def shard_memory(payload: dict) -> int:
+    """Peak bytes of one block: grows with its voxels (a block at the volume's edge is smaller)."""
+    size = payload["layout"]["size"]
+    voxels = 1
+    for n, b in zip(size, payload["block"]):
+        voxels *= min(BLOCK, n - b * BLOCK)
+    return int(SHARD_BASE_BYTES + SHARD_BYTES_PER_VOXEL * voxels)
 
 
 def shard_outputs(payload: dict) -> list[str]:
@@ -200,11 +270,18 @@ def plan_top(ctx: RunContext) -> list[MiniTask]:
     }}]
 
 
+@takes(TopPayload)
 def write_top(payload: dict) -> dict:
     """Write the scales above the block scales, down to a single chunk."""
     layout = PyramidLayout.from_json(payload["layout"])
     build_top(payload["seed"], payload["jpeg"], payload.get("raw"), layout, payload["jpeg_quality"])
     return {"scales": list(layout.top_scales), "files": top_outputs(payload)}
+
+
+def top_memory(payload: dict) -> int:
+    """Peak bytes of the top task: grows with the whole volume's voxels."""
+    x, y, z = payload["layout"]["size"]
+    return int(TOP_BASE_BYTES + TOP_BYTES_PER_VOXEL * x * y * z)
 
 
 def top_outputs(payload: dict) -> list[str]:
@@ -216,10 +293,12 @@ def outputs_written(payload: dict, result: dict) -> bool:
     return all(storage.exists(url) for url in result["files"])
 
 
-WARP = Stage("align.warp", "emwrite", "/alignedslice", plan_warp, write_aligned_slice, thumbnail_written)
+WARP = Stage("align.warp", "emwrite", "/alignedslice", plan_warp, write_aligned_slice, thumbnail_written,
+             memory=warp_memory)
 META = Stage("pyramid.meta", "emwrite", "/ngmeta", plan_meta, write_meta, outputs_written)
-SHARD = Stage("pyramid.shard", "emwrite", "/ngshard", plan_shard, write_shard, outputs_written)
-TOP = Stage("pyramid.top", "emwrite", "/ngtop", plan_top, write_top, outputs_written)
+SHARD = Stage("pyramid.shard", "emwrite", "/ngshard", plan_shard, write_shard, outputs_written,
+              memory=shard_memory)
+TOP = Stage("pyramid.top", "emwrite", "/ngtop", plan_top, write_top, outputs_written, memory=top_memory)
 STAGES = [WARP, META, SHARD, TOP]
 
 _OUTPUTS = {WARP.name: warp_outputs, META.name: meta_outputs, SHARD.name: shard_outputs, TOP.name: top_outputs}
