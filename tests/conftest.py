@@ -203,3 +203,30 @@ def smtp_server() -> Iterator[SmtpServer]:
     controller.start()
     yield server
     controller.stop()
+
+
+# ==== A small sample and both services for it (DAG runs through Airflow) ================================
+
+
+@pytest.fixture(scope="module")
+def small_sample(tmp_path_factory) -> dict:
+    """The synthetic sample, 4 slices of 256²: its conf."""
+    from emprocess.sample import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("small") / "sample", size=256, n_slices=4, seed=5)
+
+
+@pytest.fixture(scope="module")
+def service_connections(small_sample, tmp_path_factory) -> Iterator[dict[str, str]]:
+    """Both services on loopback, allowed what the sample's runs read and write; yields the Airflow
+    connections to them as ``{"AIRFLOW_CONN_…": URL}``."""
+    from contextlib import ExitStack
+
+    from emprocess.config import parse_conf
+    from emprocess.workflow.local_run import SERVICES, allowed_prefixes, service
+
+    logs = tmp_path_factory.mktemp("service-logs")
+    allowed = allowed_prefixes(parse_conf(small_sample))
+    with ExitStack() as stack:
+        yield {f"AIRFLOW_CONN_{conn_id}": stack.enter_context(service(name, allowed, logs))
+               for name, (conn_id, _) in SERVICES.items()}

@@ -76,7 +76,9 @@ def test_a_run_refused_in_airflow_keeps_the_credential_out_of_logs_errors_and_ma
     out, err = capfd.readouterr()
     assert "invalid run conf" in caplog.text + out + err and "task_id=validate" in caplog.text
     assert SECRET not in caplog.text + out + err
-    files = [p for p in Path(airflow_db).rglob("*") if p.is_file() and not p.name.startswith("airflow.db")]  # the DB keeps the conf
+    assert not list(tmp_path.rglob("report.json"))  # a refused run writes nothing
+    files = [p for p in [*Path(airflow_db).rglob("*"), *tmp_path.rglob("*")]
+             if p.is_file() and not p.name.startswith("airflow.db")]  # the metadata DB keeps the conf as given
     assert not [str(p) for p in files if SECRET.encode() in p.read_bytes()]
 
 

@@ -16,9 +16,10 @@ from emprocess.stages import RunContext, Stage
 REPORT_FILES = {"json": "report.json", "html": "report.html"}  # in the process location
 
 
-def write_report(ctx: RunContext, stages: list[Stage]) -> dict:
-    """Write report.json and report.html; returns their URLs."""
-    summary = run_summary(ctx, stages)
+def write_report(ctx: RunContext, stages: list[Stage], failures: list[dict] | None = None) -> dict:
+    """Write report.json and report.html; returns their URLs. ``failures``: the run's failed tasks,
+    ``{"task", "error"}`` each (the DAG's report task knows them; storage does not)."""
+    summary = {**run_summary(ctx, stages), "failures": failures or []}
     urls = {kind: storage.join(ctx.locations.process, name) for kind, name in REPORT_FILES.items()}
     storage.write_json(urls["json"], summary)
     shown = [t["path"] for t in shown_thumbnails(summary["thumbnails"])]

@@ -43,6 +43,7 @@ def render(summary: dict, previews: dict[str, str] | None = None) -> str:
         f"<h1>emprocess run {escape(summary['run_id'])}</h1>",
         f"<p class=\"{'done' if summary['complete'] else 'missing'}\">{state}; started "
         f"{escape(str(summary['started']))}, finished {escape(str(summary['finished']))}</p>",
+        _failures(summary.get("failures") or []),
         _outputs(summary),
         _stages(summary["stages"]),
         _alignment(summary["alignment"]),
@@ -64,6 +65,13 @@ def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozens
     body = "".join("<tr>" + "".join(f"<td class=\"number\">{c}</td>" if i in numeric else f"<td>{c}</td>"
                                     for i, c in enumerate(row)) + "</tr>\n" for row in rows)
     return f"<table><tr>{head}</tr>\n{body}</table>"
+
+
+def _failures(failures: list[dict]) -> str:
+    if not failures:
+        return ""
+    rows = [[escape(f["task"]), f"<pre>{escape(str(f.get('error') or 'no error recorded'))}</pre>"] for f in failures]
+    return "<h2 class=\"missing\">Failed</h2>\n" + _table(["task", "error"], rows)
 
 
 def _outputs(summary: dict) -> str:

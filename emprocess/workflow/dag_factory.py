@@ -2,22 +2,27 @@
 
 The DAG's shape depends on W only: every stage is one mapped task over the literal worker indices
 0..W-1 (ChunkedGraph layers near the root get fewer, see ``layer_width``), and worker i takes the
-mini-tasks whose index ≡ i (mod W), so any dataset runs on any DAG. Stages the conf does not ask for
-plan no mini-tasks and finish at once. Mapping keeps the serialized DAG as small for W = 128 as for
-W = 1: Airflow serializes (and re-hashes on every parse) each task with all the run conf's Params.
+mini-tasks whose index ≡ i (mod W), so any dataset runs on any DAG. Mapping keeps the serialized DAG
+as small for W = 128 as for W = 1: Airflow serializes (and re-hashes on every parse) each task with
+all the run conf's Params.
+
+No idle worker starts: each stage group opens with a ``wanted`` gate, and each graph or mesh layer
+above 2 with an ``exists`` gate; a gate that says no skips the workers after it (and the layers
+above) without starting a process. Every run ends with its report: ``report`` and ``notify`` are
+teardowns, run whatever happened before them, and leave the run's state to the tasks they follow.
 """
 
 from __future__ import annotations
 
 import copy
 
-from airflow.sdk import DAG, Connection, Param, TaskGroup, get_current_context, task
+from airflow.sdk import DAG, Connection, Param, TaskGroup, TriggerRule, get_current_context, task
 
 from emprocess import MAJOR_MINOR, config
 from emprocess.chunkedgraph.ids import MAX_LAYERS
 from emprocess.chunkedgraph.stages import layer_width
 from emprocess.workflow import task_name
-from emprocess.workflow.operators import SERVICE_POOLS, BatchStageOperator, failing_at_once
+from emprocess.workflow.operators import ERROR_XCOM, SERVICE_POOLS, BatchStageOperator, failing_at_once
 
 WIDTHS = (1, 4, 16, 32, 64, 128)
 POOLS = {
@@ -118,29 +123,59 @@ def publish_task() -> dict:
     return publish(_context())
 
 
+@task.short_circuit(task_id="wanted", ignore_downstream_trigger_rules=False, trigger_rule=TriggerRule.NONE_FAILED)
+def wanted_task(stage: str) -> bool:
+    """Whether the conf asks for this group's stage (a graph and meshes need a segmentation); when
+    not, the group's workers are skipped without starting."""
+    return _context().wants(stage)
+
+
+@task.short_circuit(task_id="exists", ignore_downstream_trigger_rules=False)
+def layer_exists_task(layer: int) -> bool:
+    """Whether this run's graph has layer ``layer`` (cg.meta wrote how many it has); when not, this
+    layer's workers and every layer above are skipped without starting."""
+    from emprocess.chunkedgraph.meta import read_meta
+
+    return layer <= read_meta(_context().locations.chunkedgraph).n_layers
+
+
+def _ended(context) -> tuple[list[tuple[str, int]], int]:
+    """(task id, map index) of the run's failed task instances, and how many did not run."""
+    dag_run = context["dag_run"]
+    ended = context["ti"].get_task_breadcrumbs(dag_run.dag_id, dag_run.run_id)
+    failed = [(row["task_id"], row["map_index"]) for row in ended if row["state"] == "failed"]
+    return failed, sum(row["state"] == "upstream_failed" for row in ended)
+
+
 @task(task_id="report")
 def report_task() -> dict:
-    """report.json and report.html in the process location."""
+    """report.json and report.html in the process location, for every run that got past validate: a
+    failed one's name its failed tasks with their errors. A refused run writes nothing, this report
+    neither; its failure and why are this task's result and the mail's content."""
     from emprocess import registry
     from emprocess.report import write_report
 
-    return write_report(_context(), list(registry.stages().values()))
+    context = get_current_context()
+    failed, _ = _ended(context)
+    failures = [{"task": task_name(task_id, index),
+                 "error": context["ti"].xcom_pull(task_ids=task_id, key=ERROR_XCOM, map_indexes=index)}
+                for task_id, index in failed]
+    if ("validate", -1) in failed:
+        return {"written": False, "refused": failures}
+    return write_report(_context(), list(registry.stages().values()), failures)
 
 
 @task(task_id="notify")
 def notify_task() -> dict:
-    """Mail the conf's address that the run ended, naming the failed tasks. Made a teardown in the DAG:
-    it runs once everything before it is done, whatever happened there, and the run's state ignores it."""
+    """Mail the conf's address that the run ended, naming the failed tasks."""
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
     from emprocess.notify import run_ended_mail
 
     context = get_current_context()
     dag_run = context["dag_run"]
-    ended = context["ti"].get_task_breadcrumbs(dag_run.dag_id, dag_run.run_id)
-    failed = [task_name(row["task_id"], row["map_index"]) for row in ended if row["state"] == "failed"]
-    not_run = sum(row["state"] == "upstream_failed" for row in ended)
-    mail = run_ended_mail(dag_run.conf or {}, dag_run.run_id, failed, not_run)
+    failed, not_run = _ended(context)
+    mail = run_ended_mail(dag_run.conf or {}, dag_run.run_id, [task_name(*f) for f in failed], not_run)
     if mail is None:
         return {"sent": False}
     problem = _mail_problem()
@@ -151,7 +186,7 @@ def notify_task() -> dict:
     return {"sent": True, "to": mail.to, "subject": mail.subject}
 
 
-def workers(stage: str, service: str | None, width: int, task_id: str):
+def workers(stage: str, service: str | None, width: int, task_id: str, **options):
     """One mapped task whose instance i is worker i of ``width`` for ``stage``. A worker that calls a
     service takes a slot of the service's pool for each call it can have in flight, so the pool's
     slots bound the concurrent calls to the service (what its instances can take at once)."""
@@ -162,17 +197,23 @@ def workers(stage: str, service: str | None, width: int, task_id: str):
         threads=THREADS_PER_WORKER,
         pool=SERVICE_POOLS.get(service, "default_pool"),
         pool_slots=THREADS_PER_WORKER if service else 1,
+        **options,
     ).expand(worker=list(range(width)))
 
 
 def layer_groups(stage_prefix: str, width: int, first):
     """One sub-group per graph layer 2..MAX_LAYERS (stage ``f"{stage_prefix}{layer}"``), each after
-    the one below, the first after ``first``; returns the top one."""
+    the one below, the first after ``first``; above layer 2 each opens with its ``exists`` gate.
+    Returns the top one's workers."""
     previous = first
     for layer in range(2, MAX_LAYERS + 1):
         with TaskGroup(f"layer{layer}"):
             current = workers(f"{stage_prefix}{layer}", "emwrite", layer_width(layer, width), "worker")
-        previous >> current
+            entry = current
+            if layer > 2:
+                entry = layer_exists_task(layer)
+                entry >> current
+        previous >> entry
         previous = current
     return previous
 
@@ -192,18 +233,26 @@ def build_dag(width: int) -> DAG:
         with TaskGroup("align") as align:
             pairs = workers("align.pairs", "fiji", width, "pairs")
             collect = workers("align.collect", None, 1, "collect")
-            pairs >> collect >> workers("align.warp", "emwrite", width, "warp")
+            wanted_task("align") >> pairs >> collect >> workers("align.warp", "emwrite", width, "warp")
         with TaskGroup("pyramid") as pyramid:
             meta = workers("pyramid.meta", "emwrite", 1, "ngmeta")
             shards = workers("pyramid.shard", "emwrite", width, "shard")
-            meta >> shards >> workers("pyramid.top", "emwrite", 1, "top")
+            wanted_task("pyramid") >> meta >> shards >> workers("pyramid.top", "emwrite", 1, "top")
         with TaskGroup("chunkedgraph") as chunkedgraph:
-            top = layer_groups("cg.layer", width, workers("cg.meta", "emwrite", 1, "cg_meta"))
-            top >> workers("cg.flatten", "emwrite", width, "flatten")
+            graph_meta = workers("cg.meta", "emwrite", 1, "cg_meta")
+            wanted_task("chunkedgraph") >> graph_meta
+            top = layer_groups("cg.layer", width, graph_meta)
+            # after the top layer that exists: the layers above it are skipped, cg.meta succeeded
+            [top, graph_meta] >> workers("cg.flatten", "emwrite", width, "flatten",
+                                         trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
         with TaskGroup("meshing") as meshing:
-            layer_groups("mesh.layer", width, workers("mesh.meta", "emwrite", 1, "mesh_meta"))
-        report = first >> align >> pyramid >> chunkedgraph >> meshing >> publish_task() >> report_task()
-        report >> notify_task().as_teardown()
+            mesh_meta = workers("mesh.meta", "emwrite", 1, "mesh_meta")
+            wanted_task("meshing") >> mesh_meta
+            layer_groups("mesh.layer", width, mesh_meta)
+        published = first >> align >> pyramid >> chunkedgraph >> meshing >> publish_task.override(
+            trigger_rule=TriggerRule.NONE_FAILED)()
+        report = report_task().as_teardown()
+        published >> report >> notify_task().as_teardown()
     return dag
 
 

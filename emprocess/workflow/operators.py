@@ -6,12 +6,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from airflow.sdk import BaseHook, BaseOperator
+from airflow.sdk import BaseHook, BaseOperator, get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
 from emprocess import registry
 from emprocess.batch import run_share
 from emprocess.config import ConfError
+from emprocess.redact import redact
 from emprocess.stages import InputError, RunContext
 from emprocess.workflow.service_client import IdTokenAuth, PermanentError, ServiceClient
 
@@ -21,13 +22,20 @@ SERVICE_POOLS = {"fiji": "emprocess_align", "emwrite": "emprocess_write"}
 PERMANENT_ERRORS = (PermanentError, InputError, ConfError)
 
 
+ERROR_XCOM = "error"  # where a failed task leaves its error for the run's report
+
+
 @contextmanager
 def failing_at_once() -> Iterator[None]:
-    """Turn a permanent error into AirflowFailException, which fails the task without its retries."""
+    """Leave a failing task's error (credentials masked) for the report, and turn a permanent error
+    into AirflowFailException, which fails the task without its retries."""
     try:
         yield
-    except PERMANENT_ERRORS as err:
-        raise AirflowFailException(str(err)) from err
+    except Exception as err:
+        get_current_context()["ti"].xcom_push(key=ERROR_XCOM, value=redact(f"{type(err).__name__}: {err}"))
+        if isinstance(err, PERMANENT_ERRORS):
+            raise AirflowFailException(str(err)) from err
+        raise
 
 
 def client_for(conn_id: str, stop: threading.Event) -> ServiceClient:
