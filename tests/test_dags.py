@@ -111,3 +111,20 @@ def test_params_follow_the_conf_schema(dagbag):
     assert set(dag.params.keys()) == set(conf_json_schema()["properties"])
     assert dag.params.get_param("jpeg_quality").value == 90
     assert dag.params.get_param("clip-limit").value == 0.02
+
+
+def test_a_failure_reaches_every_later_task_within_a_few_edges(dagbag):
+    """The scheduler marks upstream_failed one level per loop: every task is a few edges from
+    validate, so a refused run fails in a few loops, not one per stage and layer."""
+    from collections import deque
+
+    for dag in dagbag.dags.values():
+        hops, queue = {"validate": 0}, deque(["validate"])
+        while queue:
+            task_id = queue.popleft()
+            for child in dag.get_task(task_id).downstream_task_ids:
+                if child not in hops:
+                    hops[child] = hops[task_id] + 1
+                    queue.append(child)
+        assert set(hops) == set(dag.task_ids)
+        assert max(hops.values()) <= 5, max(hops.items(), key=lambda item: item[1])
