@@ -231,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except ConfError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except ConfError as err:  # one line per refused key, no traceback
+        lines = [f"error: invalid run conf: {problem}" for problem in err.problems] or [f"error: {err}"]
+        print("\n".join(lines), file=sys.stderr)
         return 2
 
 

@@ -20,7 +20,12 @@ EMAIL_PATTERN = r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$"  # one address
 
 
 class ConfError(ValueError):
-    """An invalid run conf or input; the message names the key, slice or URL."""
+    """An invalid run conf or input; the message names the key, slice or URL. ``problems``: one line
+    per refused key, when the conf had several."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or []
 
 
 class MeshConf(BaseModel):
@@ -177,7 +182,7 @@ def parse_conf(data: Any) -> RunConf:
             elif e["type"] == "missing":
                 msg = "required key is missing"
             problems.append(f"'{key}': {msg}")
-        raise ConfError("invalid run conf: " + "; ".join(problems)) from None
+        raise ConfError("invalid run conf: " + "; ".join(problems), problems) from None
     except storage.StorageError as err:
         raise ConfError(f"invalid run conf: {err}") from None
 

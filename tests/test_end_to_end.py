@@ -162,6 +162,17 @@ def test_cli_rejects_a_bad_conf_before_starting(tmp_path):
     assert list(tmp_path.iterdir()) == [conf_path]
 
 
+def test_cli_names_each_refused_key_on_its_own_line_without_a_traceback(tmp_path):
+    conf_path = tmp_path / "conf.json"
+    conf_path.write_text(json.dumps({"id": "x", "image": "a%d.png", "minz": 3, "maxz": 1, "source": "ftp://x",
+                                     "jpeg_quality": 0, "colour": "red"}))
+    done = emprocess("run", str(conf_path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("error: invalid run conf: '") for line in lines)
+    assert [line.split("'")[1] for line in lines] == ["source", "jpeg_quality", "colour"]
+
+
 def test_sample_run_recovers_the_known_misalignment_and_cloudvolume_reads_aligned_slices(sample_run):
     """The run's transforms undo the sample's known per-slice affines within 1 px, and the JPEG
     pyramid it wrote opens in CloudVolume with consecutive slices in register (phase correlation)."""
