@@ -161,7 +161,8 @@ def test_no_spelling_reaches_outside_the_allowed_prefix(tree, name):
                                           timeout=60)
                     answers.append((endpoint, field, spelling, expected, reply.status_code, reply.text))
     wrong = [a for a in answers if a[3] != a[4]]
-    assert not wrong, "\n".join(f"{e} {f} {s!r}: {got}, not {want}: {text[:200]}" for e, f, s, want, got, text in wrong[:20])
+    assert not wrong, "\n".join(f"{e} {f} {s!r}: {got}, not {want}: {text[:200]}"
+                                 for e, f, s, want, got, text in wrong[:20])
     for endpoint, field, spelling, expected, status, text in answers:
         if expected == 422:  # named by its field
             assert repr(".".join(map(str, field))) in text, (endpoint, field, spelling, text)

@@ -97,7 +97,10 @@ def _tiff_size(url: str, head: bytes) -> tuple[int, int]:
 
 def _block(url: str, head: bytes, start: int, length: int) -> bytes:
     """``length`` bytes at ``start``: from the already-read head when it holds them."""
-    block = head[start : start + length] if start + length <= len(head) else storage.read_range(url, start, start + length)
+    if start + length <= len(head):
+        block = head[start : start + length]
+    else:
+        block = storage.read_range(url, start, start + length)
     if len(block) != length:
         raise InputError(f"{url}: truncated TIFF header")
     return block
