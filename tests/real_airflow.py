@@ -4,8 +4,8 @@ the project's DAG file and plugins, and the emprocess pools made by ``scripts/se
 
 Every process gets a free 127.0.0.1 port and its own temp folder, and is stopped by PID when the
 context ends. PostgreSQL refuses to run as root, so as root its server runs as the ``postgres`` user
-that Debian's package creates. Nothing here imports Airflow: the deployment is separate processes,
-as in production; the tests talk to it through the ``airflow`` CLI and the REST API.
+that Debian's package creates. The deployment is separate processes, as in production; the tests
+talk to it through the ``airflow`` CLI and the REST API.
 """
 
 from __future__ import annotations
@@ -171,6 +171,7 @@ def deployment(extra_env: dict[str, str] | None = None) -> Iterator[Deployment]:
             deploy.processes[name] = process
             stack.callback(_stop, process)
         _wait_for_api(deploy)
+        _wait_for_dags(deploy)
         yield deploy
 
 
@@ -187,3 +188,17 @@ def _wait_for_api(deploy: Deployment, timeout: float = 180) -> None:
             pass
         time.sleep(0.5)
     raise RuntimeError(f"the api-server did not answer within {timeout} s:\n{deploy.log('api-server')[-3000:]}")
+
+
+def _wait_for_dags(deploy: Deployment, timeout: float = 300) -> None:
+    """Until the dag-processor has registered every emprocess DAG (a trigger before that is a 404)."""
+    from emprocess.workflow.dag_factory import WIDTHS, dag_id
+
+    wanted = {dag_id(width) for width in WIDTHS}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listed = deploy.rest("GET", "/dags", params={"limit": 100}).json().get("dags", [])
+        if wanted <= {dag["dag_id"] for dag in listed}:
+            return
+        time.sleep(1)
+    raise RuntimeError(f"the DAGs were not registered within {timeout} s:\n{deploy.log('dag-processor')[-3000:]}")
