@@ -18,18 +18,19 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
-import tensorstore as ts
-
 from emprocess.redact import redact
+
+if TYPE_CHECKING:
+    import tensorstore as ts
 
 SCHEMES = ("file", "gs", "s3")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 _UNSAFE_RE = re.compile(r"[\x00-\x1f\x7f\\]")
-# Local files are read through memory maps: the pyramid reads every aligned tile once, and copying
-# them through read buffers cost page faults worth a tenth of its work.
-_CONTEXT = ts.Context(ts.Context.Spec({"file_io_mode": {"mode": "memmap"}}))
+_CONTEXT: ts.Context | None = None  # made on first use (see context())
+_CONTEXT_LOCK = threading.Lock()
 _KVSTORES: dict[str, ts.KvStore] = {}
 _KVSTORES_LOCK = threading.Lock()
 
@@ -156,8 +157,23 @@ def _spec(u: Url) -> dict:
 
 
 def context() -> ts.Context:
-    """The shared tensorstore context (connection pools, cache) for every open."""
-    return _CONTEXT
+    """The shared tensorstore context (connection pools, cache) for every open. Local files are read
+    through memory maps: the pyramid reads every aligned tile once, and copying them through read
+    buffers cost page faults worth a tenth of its work."""
+    global _CONTEXT
+    with _CONTEXT_LOCK:
+        if _CONTEXT is None:
+            import tensorstore as ts  # with numpy ~0.6 CPU-s, which parsing the DAG file need not pay
+
+            _CONTEXT = ts.Context(ts.Context.Spec({"file_io_mode": {"mode": "memmap"}}))
+        return _CONTEXT
+
+
+def _key_range(inclusive_min: str = "", exclusive_max: str = "") -> ts.KvStore.KeyRange:
+    """Keys from ``inclusive_min`` up to ``exclusive_max`` (every key when both are empty)."""
+    import tensorstore as ts  # see context()
+
+    return ts.KvStore.KeyRange(inclusive_min, exclusive_max)
 
 
 def _store_of(url: str | Url) -> tuple[ts.KvStore, str]:
@@ -170,7 +186,9 @@ def _store_of(url: str | Url) -> tuple[ts.KvStore, str]:
     with _KVSTORES_LOCK:
         store = _KVSTORES.get(cache_key)
         if store is None:
-            store = ts.KvStore.open(spec, context=_CONTEXT).result()
+            import tensorstore as ts  # see context()
+
+            store = ts.KvStore.open(spec, context=context()).result()
             _KVSTORES[cache_key] = store
     return store, key
 
@@ -258,7 +276,7 @@ def listdir(url: str | Url) -> list[str]:
     prefix = key.rstrip("/") + "/" if key else ""
     if u.scheme == "file" and not os.path.isdir(u.path):
         return []
-    keys = _done(store.list(ts.KvStore.KeyRange(prefix, _successor(prefix)) if prefix else None), url)
+    keys = _done(store.list(_key_range(prefix, _successor(prefix)) if prefix else None), url)
     return sorted(k.decode()[len(prefix):] for k in keys)
 
 
@@ -268,7 +286,7 @@ def _successor(prefix: str) -> str:
 
 def delete(url: str | Url) -> None:
     store, key = _store_of(url)
-    _done(store.delete_range(ts.KvStore.KeyRange(key, key + "\0")), url)
+    _done(store.delete_range(_key_range(key, key + "\0")), url)
 
 
 def delete_tree(url: str | Url) -> None:
@@ -278,10 +296,10 @@ def delete_tree(url: str | Url) -> None:
     if not key:
         if u.scheme == "file":
             raise StorageError(f"{url!r}: refusing to delete the file system root")
-        _done(store.delete_range(ts.KvStore.KeyRange()), url)
+        _done(store.delete_range(_key_range()), url)
         return
     prefix = key.rstrip("/") + "/"
-    _done(store.delete_range(ts.KvStore.KeyRange(prefix, _successor(prefix))), url)
+    _done(store.delete_range(_key_range(prefix, _successor(prefix))), url)
 
 
 def read_json(url: str | Url):

@@ -8,7 +8,7 @@ import pytest
 from emprocess.chunkedgraph import chunkfile
 from emprocess.chunkedgraph.downsample import downsample_mode
 from emprocess.chunkedgraph.ids import IdLayout, consumption_layer, layer_count
-from emprocess.chunkedgraph.stages import MAX_LAYERS, layer_width
+from emprocess.chunkedgraph.layers import MAX_LAYERS, layer_width
 
 
 @pytest.mark.parametrize("n_layers", [3, 7, MAX_LAYERS])

@@ -69,7 +69,7 @@ def mapped_widths(dag) -> dict[str, int]:
 
 
 def test_shape_depends_on_width_only(dagbag):
-    from emprocess.chunkedgraph.stages import layer_width
+    from emprocess.chunkedgraph.layers import layer_width
     from emprocess.workflow.dag_factory import build_dag
 
     task_ids = set()
@@ -86,6 +86,34 @@ def test_shape_depends_on_width_only(dagbag):
         assert widths["meshing.layer12.worker"] == layer_width(12, width)
         task_ids.add(frozenset(t.task_id for t in dag.tasks))
     assert len(task_ids) == 1, "every width has the same tasks; only the worker counts differ"
+
+
+def test_a_task_process_parses_only_its_own_dag(dagbag, monkeypatch):
+    """A task process's parse names its DAG in the parsing context (Airflow's task runner sets it): the
+    DAG file then builds that one DAG, the same as the full parse builds it."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.definitions.context import _AIRFLOW_PARSING_CONTEXT_DAG_ID
+
+    def shape(dag):
+        params = {key: (param.value, param.description, param.schema) for key, param in dag.params.items()}
+        edges = {task.task_id: task.downstream_task_ids for task in dag.tasks}
+        return edges, mapped_widths(dag), params, dag.max_active_tasks
+
+    wanted = f"emprocess_width16_v{MAJOR_MINOR}"
+    monkeypatch.setenv(_AIRFLOW_PARSING_CONTEXT_DAG_ID, wanted)
+    one = DagBag(dag_folder=str(Path(__file__).parents[1] / "dags"))
+    assert one.import_errors == {} and one.dag_ids == [wanted]
+    assert shape(one.dags[wanted]) == shape(dagbag.dags[wanted])
+
+
+def test_parsing_the_dag_file_leaves_the_heavy_modules_for_the_tasks():
+    """The DAG file is parsed at every dag-processor pass and every task's start-up (issue #15):
+    numpy, tensorstore and requests (~1 CPU-s together) are imported only by what runs a task."""
+    code = ("import runpy, sys; runpy.run_path('dags/emprocess_dags.py'); "
+            "print(sorted({'numpy', 'tensorstore', 'requests'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.splitlines()[-1] == "[]"
 
 
 def test_the_report_is_written_last_after_publish_and_the_mail_goes_after_it(dagbag):

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from emprocess.chunkedgraph.layers import MAX_LAYERS
+
 LAYER_BITS = 8
 SPATIAL_BITS = 10  # bits per axis of layer-1/2 chunk coordinates, as PyChunkedGraph's default
-# 12 layers = up to 2^10 = 1024 layer-2 chunks per axis (262 144 voxels per axis at 256³ chunks),
-# which is also what SPATIAL_BITS can address.
-MAX_LAYERS = 12
 ROOT_ORIGIN_BITS = 4  # origin layer inside a root segment; holds 2..MAX_LAYERS
 
 

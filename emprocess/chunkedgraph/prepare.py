@@ -26,7 +26,8 @@ import numpy as np
 from emprocess import corrupt, storage
 from emprocess.chunkedgraph import volumes
 from emprocess.chunkedgraph.agglomeration import load_table, shard_index, write_shards
-from emprocess.chunkedgraph.ids import MAX_LAYERS, SPATIAL_BITS, IdLayout, layer_count
+from emprocess.chunkedgraph.ids import SPATIAL_BITS, IdLayout, layer_count
+from emprocess.chunkedgraph.layers import MAX_LAYERS
 from emprocess.chunkedgraph.meta import GraphMeta, meta_url, read_meta
 from emprocess.stages import InputError
 

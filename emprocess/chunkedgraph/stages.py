@@ -17,8 +17,8 @@ from emprocess import storage
 from emprocess.align import transforms_url
 from emprocess.batch import stage_status
 from emprocess.chunkedgraph.flatten import flatten_chunk
-from emprocess.chunkedgraph.ids import MAX_LAYERS
 from emprocess.chunkedgraph.layer2 import build_layer2_chunk
+from emprocess.chunkedgraph.layers import MAX_LAYERS
 from emprocess.chunkedgraph.meta import GraphMeta, chunk_url, read_meta
 from emprocess.chunkedgraph.parents import build_parent_chunk
 from emprocess.chunkedgraph.prepare import prepare_graph
@@ -66,13 +66,7 @@ class FlattenPayload(Payload):
     segmentation: Location
     chunk: Coords
 
-__all__ = ["MAX_LAYERS", "STAGES", "chunk_task", "layer_width", "status"]
-
-
-def layer_width(layer: int, width: int) -> int:
-    """Workers for layer ``layer``'s sub-group in a DAG of width ``width``: no more than the chunks
-    that layer can have in the largest graph (8^(MAX_LAYERS − layer)); data-independent."""
-    return max(1, min(width, 8 ** max(0, MAX_LAYERS - layer)))
+__all__ = ["MAX_LAYERS", "STAGES", "chunk_task", "status"]
 
 
 def _supervoxels(ctx: RunContext) -> str:

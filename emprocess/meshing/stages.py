@@ -13,7 +13,7 @@ from typing import Annotated
 from pydantic import Field
 
 from emprocess import storage
-from emprocess.chunkedgraph.ids import MAX_LAYERS
+from emprocess.chunkedgraph.layers import MAX_LAYERS
 from emprocess.chunkedgraph.meta import chunk_url, read_meta
 from emprocess.chunkedgraph.volumes import info_url
 from emprocess.meshing.layout import MESH_DIRECTORY, MeshLayout, mesh_url

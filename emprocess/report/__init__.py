@@ -16,6 +16,19 @@ from emprocess.stages import RunContext, Stage
 REPORT_FILES = {"json": "report.json", "html": "report.html"}  # in the process location
 
 
+def refused_report(failures: list[dict]) -> dict:
+    """The report of a run whose conf was refused: it may write nothing, so the report is the report
+    task's result in Airflow (what the tab and the mail show)."""
+    return {"written": False, "refused": failures}
+
+
+def refusal(report: object) -> list[dict] | None:
+    """The failures of a refused run's report (the report task's result), or None for any other."""
+    if isinstance(report, dict) and report.get("written") is False:
+        return report.get("refused") or []
+    return None
+
+
 def write_report(ctx: RunContext, stages: list[Stage], failures: list[dict] | None = None) -> dict:
     """Write report.json and report.html; returns their URLs. ``failures``: the run's failed tasks,
     ``{"task", "error"}`` each (the DAG's report task knows them; storage does not)."""

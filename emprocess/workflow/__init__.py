@@ -1,5 +1,7 @@
 """Airflow-only code: the batch operator, task groups and the DAG factory."""
 
+REPORT_TASK = "report"  # the DAG's report task: its result is a refused run's report
+
 
 def task_name(task_id: str, map_index: int) -> str:
     """How a failed task is named to people: ``task[i]`` for worker i of a mapped stage."""

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import copy
 
-from airflow.sdk import DAG, Connection, Param, TaskGroup, TriggerRule, get_current_context, task
+from airflow.sdk import DAG, Connection, Param, TaskGroup, TriggerRule, get_current_context, get_parsing_context, task
 
 from emprocess import MAJOR_MINOR, config
-from emprocess.chunkedgraph.ids import MAX_LAYERS
-from emprocess.chunkedgraph.stages import layer_width
-from emprocess.workflow import task_name
+from emprocess.chunkedgraph.layers import MAX_LAYERS, layer_width
+from emprocess.workflow import REPORT_TASK, task_name
 from emprocess.workflow.operators import ERROR_XCOM, SERVICE_POOLS, BatchStageOperator, failing_at_once
 
 WIDTHS = (1, 4, 16, 32, 64, 128)
@@ -147,13 +146,13 @@ def _ended(context) -> tuple[list[tuple[str, int]], int]:
     return failed, sum(row["state"] == "upstream_failed" for row in ended)
 
 
-@task(task_id="report")
+@task(task_id=REPORT_TASK)
 def report_task() -> dict:
     """report.json and report.html in the process location, for every run that got past validate: a
     failed one's name its failed tasks with their errors. A refused run writes nothing, this report
     neither; its failure and why are this task's result and the mail's content."""
     from emprocess import registry
-    from emprocess.report import write_report
+    from emprocess.report import refused_report, write_report
 
     context = get_current_context()
     failed, _ = _ended(context)
@@ -161,7 +160,7 @@ def report_task() -> dict:
                  "error": context["ti"].xcom_pull(task_ids=task_id, key=ERROR_XCOM, map_indexes=index)}
                 for task_id, index in failed]
     if ("validate", -1) in failed:
-        return {"written": False, "refused": failures}
+        return refused_report(failures)
     return write_report(_context(), list(registry.stages().values()), failures)
 
 
@@ -272,4 +271,7 @@ def build_dag(width: int) -> DAG:
 
 
 def build_all() -> dict[str, DAG]:
-    return {dag_id(w): build_dag(w) for w in WIDTHS}
+    """Every width's DAG; in a task process only the one it runs (Airflow names it in the parsing
+    context), so that starting a task builds one DAG, not six."""
+    wanted = get_parsing_context().dag_id
+    return {dag_id(w): build_dag(w) for w in WIDTHS if wanted in (None, dag_id(w))}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseHook, BaseOperator, get_current_context
 from airflow.sdk.exceptions import AirflowFailException
@@ -14,12 +15,12 @@ from emprocess.batch import run_share
 from emprocess.config import ConfError
 from emprocess.redact import redact
 from emprocess.stages import InputError, RunContext
-from emprocess.workflow.service_client import IdTokenAuth, PermanentError, ServiceClient
+
+if TYPE_CHECKING:
+    from emprocess.workflow.service_client import ServiceClient
 
 SERVICE_CONNECTIONS = {"fiji": "ALIGN_CLOUD_RUN", "emwrite": "IMG_WRITE"}
 SERVICE_POOLS = {"fiji": "emprocess_align", "emwrite": "emprocess_write"}
-# Errors that a retry of the task would only meet again: the input or the conf is wrong.
-PERMANENT_ERRORS = (PermanentError, InputError, ConfError)
 
 
 ERROR_XCOM = "error"  # where a failed task leaves its error for the run's report
@@ -32,8 +33,11 @@ def failing_at_once() -> Iterator[None]:
     try:
         yield
     except Exception as err:
+        from emprocess.workflow.service_client import PermanentError  # imports requests, which parsing need not
+
         get_current_context()["ti"].xcom_push(key=ERROR_XCOM, value=redact(f"{type(err).__name__}: {err}"))
-        if isinstance(err, PERMANENT_ERRORS):
+        # errors that a retry of the task would only meet again: the input or the conf is wrong
+        if isinstance(err, (PermanentError, InputError, ConfError)):
             raise AirflowFailException(str(err)) from err
         raise
 
@@ -42,6 +46,8 @@ def client_for(conn_id: str, stop: threading.Event) -> ServiceClient:
     """A client for an Airflow HTTP connection. Extras: ``auth: google_id_token`` (Cloud Run ID
     tokens for the connection's host), ``timeout`` (s per call), ``retry_window`` (s a call's
     transient failures are retried), ``backoff_base`` (s, first retry)."""
+    from emprocess.workflow.service_client import IdTokenAuth, ServiceClient  # see failing_at_once
+
     conn = BaseHook.get_connection(conn_id)
     scheme = conn.schema if conn.schema in ("http", "https") else (conn.conn_type or "http")
     if scheme not in ("http", "https"):
