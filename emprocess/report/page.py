@@ -53,9 +53,26 @@ def render(summary: dict, previews: dict[str, str] | None = None) -> str:
         "<h2>Versions</h2>",
         f"<pre>{escape(json.dumps(summary['versions'], indent=2, sort_keys=True))}</pre>",
     ]
+    return _page(summary["run_id"], sections)
+
+
+def render_refused(run_id: str, conf: dict, failures: list[dict]) -> str:
+    """The page of a run whose conf ``validate`` refused: it wrote nothing, so the page is made from
+    what Airflow recorded (the failed tasks and their errors) and shown without a file behind it."""
+    sections = [
+        f"<h1>emprocess run {escape(run_id)}</h1>",
+        "<p class=\"missing\">refused: the run conf was not accepted, so nothing was read or written</p>",
+        _failures(failures),
+        "<h2>Run conf</h2>",
+        f"<pre>{escape(json.dumps(conf, indent=2, sort_keys=True))}</pre>",
+    ]
+    return _page(run_id, sections)
+
+
+def _page(run_id: str, sections: list[str]) -> str:
     body = "\n".join(sections)
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>emprocess run {escape(summary['run_id'])}</title><style>{STYLE}</style></head>\n"
+            f"<title>emprocess run {escape(run_id)}</title><style>{STYLE}</style></head>\n"
             f"<body>\n{body}\n</body></html>\n")
 
 
