@@ -120,7 +120,8 @@ def run_in_process(stage: Stage, ctx: RunContext, worker: int, width: int, **kwa
 
 
 def stage_status(ctx: RunContext, stages: list[Stage]) -> dict[str, dict]:
-    """``{stage: {"done", "total"}}`` in the given order, from the result cache (one listing per stage).
+    """``{stage: {"done", "total"}}`` in the given order, from the result cache (one listing per stage
+    that has mini-tasks).
 
     ``total`` is None while a stage cannot be planned yet (it reads what an earlier stage writes, e.g.
     the graph meta); 0 for a stage this run does not ask for, or a layer above the graph's root.
@@ -131,6 +132,9 @@ def stage_status(ctx: RunContext, stages: list[Stage]) -> dict[str, dict]:
             keys = [task["key"] for task in stage.plan(ctx)]
         except FileNotFoundError:
             report[stage.name] = {"done": 0, "total": None}
+            continue
+        if not keys:  # no cache to list
+            report[stage.name] = {"done": 0, "total": 0}
             continue
         cached = {name.removesuffix(".json") for name in storage.listdir(ctx.cache_dir(stage.name))}
         report[stage.name] = {"done": sum(key in cached for key in keys), "total": len(keys)}

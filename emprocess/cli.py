@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from emprocess.config import ConfError
@@ -43,14 +44,23 @@ def _exit(signum: int, frame) -> None:
     raise SystemExit(128 + signum)  # the status a shell gives a process the signal ended
 
 
-def _run(conf: dict, width: int, resume: str | None) -> str | None:
-    """One local DAG run; prints its outcome and returns its run id, or None when it failed."""
-    from emprocess.workflow.local_run import run_local
+def _run(conf: dict, args, resume: str | None = None) -> str | None:
+    """One local DAG run at ``args.width``; prints its outcome and returns its run id, or None when it
+    failed. The terminal shows its log files' paths and its progress (none with --quiet); with
+    --verbose, Airflow's log instead of the progress."""
+    from emprocess.progress import shown_while_running
+    from emprocess.workflow.local_run import output_to, prepare_run, run_local
 
-    result = run_local(conf, width=width, resume=resume)
+    run = prepare_run(conf, resume)
+    print(f"Airflow's log: {run.logs.airflow}" + (" (also shown here)" if args.verbose else ""))
+    print(f"services' logs: {', '.join(map(str, run.logs.services.values()))}", flush=True)
+    with output_to(run.logs.airflow, echo=args.verbose) as console:
+        with nullcontext() if args.verbose or args.quiet else shown_while_running(run.ctx, console):
+            result = run_local(run, width=args.width)
     if result.state != "success" or result.failed:
         for task_id, error in result.failed:
             print(f"task {task_id} failed: {error}", file=sys.stderr)
+        print(f"log: {run.logs.airflow} (the services' logs are beside it)", file=sys.stderr)
         print(f"run {result.run_id} ended {result.state}; resume with --resume {result.run_id}", file=sys.stderr)
         return None
     print(f"run {result.run_id} succeeded")
@@ -75,7 +85,7 @@ def _print_outputs(conf: dict, run_id: str) -> None:
 
 def cmd_run(args) -> int:
     exit_on_termination()
-    return 0 if _run(_load_conf(args.conf), args.width, args.resume) else 1
+    return 0 if _run(_load_conf(args.conf), args, args.resume) else 1
 
 
 def cmd_demo(args) -> int:
@@ -89,7 +99,7 @@ def cmd_demo(args) -> int:
     out = Path(args.dir).resolve()
     conf = write_sample(out / "sample")
     print(f"sample stack: {conf['source']}", flush=True)
-    image_run = _run(conf, args.width, None)
+    image_run = _run(conf, args)
     if image_run is None:
         return 1
     transforms = storage.read_json(transforms_url(RunContext.create(conf, image_run).locations.process))
@@ -98,7 +108,7 @@ def cmd_demo(args) -> int:
           "building their ChunkedGraph and meshes", flush=True)
     graph_conf = dict(conf, stages=["chunkedgraph", "meshing"], segmentation=segmentation)
     (out / "sample_segmentation" / "conf.json").write_text(json.dumps(graph_conf, indent=2))
-    if _run(graph_conf, args.width, None) is None:
+    if _run(graph_conf, args) is None:
         return 1
     print(f"to view: make serve, or emprocess serve {out}; then open a printed neuroglancer link")
     return 0
@@ -170,6 +180,9 @@ def cmd_serve(args) -> int:
     return 0
 
 
+VERBOSE_HELP = "show Airflow's log on the terminal (it also goes to its file) instead of the progress"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="emprocess", description=__doc__)
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -186,11 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("conf", help="run conf JSON file")
     p.add_argument("--width", type=int, default=1, choices=(1, 4, 16, 32, 64, 128))
     p.add_argument("--resume", metavar="RUN_ID", help="resume this earlier run (skips finished work)")
+    p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="write the sample stack and run it end to end")
     p.add_argument("dir")
     p.add_argument("--width", type=int, default=1, choices=(1, 4, 16, 32, 64, 128))
+    p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("work", help="run one stage's worker in-process (what a Kubernetes pod runs), "

@@ -8,15 +8,12 @@ so a re-run can only resume the same work.
 
 from __future__ import annotations
 
-import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from emprocess import storage
 from emprocess.align import transforms_url
 from emprocess.config import ConfError
 from emprocess.stages import InputError, RunContext
-
-log = logging.getLogger("emprocess.validate")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -85,9 +82,9 @@ def check_reused_alignment(ctx: RunContext) -> None:
 
 
 def validate_run(ctx: RunContext) -> dict:
-    """All checks, in order of cost; returns what was found (logged by the caller)."""
+    """All checks, in order of cost; returns what was found (the DAG's validate task returns it, and
+    Airflow logs that)."""
     check_locations(ctx)
     check_reused_alignment(ctx)
     found = check_slices(ctx) if ctx.wants("align") or ctx.wants("pyramid") else {}
-    log.info("run %s: inputs valid %s", ctx.run_id, found)
     return found

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +29,11 @@ def emprocess(*args: str, timeout: float = 900, smtp: str | None = None) -> subp
 def run_id_of(stdout: str) -> str:
     line = next(line for line in stdout.splitlines() if line.startswith("run "))
     return line.split()[1]
+
+
+def airflow_log_of(stdout: str) -> Path:
+    """The Airflow log file ``emprocess run`` named at its start."""
+    return Path(re.search(r"^Airflow's log: (\S+)", stdout, re.MULTILINE).group(1))
 
 
 @pytest.fixture(scope="module")
@@ -83,21 +90,23 @@ def test_the_run_ends_with_its_report_and_the_cli_rewrites_it(sample_run, tmp_pa
 
 
 def test_resume_skips_finished_work(sample_run, tmp_path, smtp_server):
-    conf, run_id, _ = sample_run
+    conf, run_id, first = sample_run
     ctx = RunContext.create(conf, run_id)
     cache = storage.join(ctx.locations.process, "cache")
     before = {key: storage.read(storage.join(cache, key)) for key in storage.listdir(cache)}
     assert any(key.startswith("align.pairs/") for key in before)
     conf_path = tmp_path / "conf.json"
     conf_path.write_text(json.dumps(conf))
+    log = airflow_log_of(first.stdout)
+    earlier_log = log.stat().st_size
     again = emprocess("run", str(conf_path), "--resume", run_id, smtp=smtp_server.connection)
     assert again.returncode == 0, again.stderr[-5000:]
     assert run_id_of(again.stdout) == run_id
     after = {key: storage.read(storage.join(cache, key)) for key in storage.listdir(cache)}
     assert after == before  # nothing re-ran: every mini-task was found finished
-    # Airflow routes task logs to stdout or stderr as its logging setup decides: read both
+    assert airflow_log_of(again.stdout) == log  # the resumed run appends to the run's log
     summaries = re.findall(r"(\S+) worker \d+/\d+: (\d+) mini-tasks, (\d+) already done, (\d+) run now",
-                           again.stdout + again.stderr)
+                           log.read_bytes()[earlier_log:].decode())
     assert {stage for stage, *_ in summaries} >= {"align.pairs", "align.warp", "pyramid.shard"}
     assert all(done == total and ran == "0" for _, total, done, ran in summaries), summaries
 
@@ -127,18 +136,23 @@ def test_the_finished_run_mails_the_conf_address_its_report_and_outputs(sample_r
 
 
 def test_failed_run_names_the_task_and_error_and_mails_it(sample, tmp_path, smtp_server):
-    conf = dict(sample, id="broken", maxz=sample["maxz"] + 3, email="bob@lab.example")
+    """One slice's pixels are garbage (its header and end are whole, so validate lets it by): the
+    alignment worker that reads it fails, and the run-ended mail names it."""
+    source = tmp_path / "broken"
+    shutil.copytree(storage.parse(sample["source"]).path, source)
+    bad = source / f"img{sample['minz'] + 2:05d}.png"
+    whole = bad.read_bytes()
+    bad.write_bytes(whole[:33] + bytes(2048) + whole[-12:])  # PNG signature + IHDR, garbage, IEND
+    conf = dict(sample, id="broken", source=f"file://{source}", email="bob@lab.example")
     conf_path = tmp_path / "conf.json"
     conf_path.write_text(json.dumps(conf))
     done = emprocess("run", str(conf_path), smtp=smtp_server.connection)
     assert done.returncode == 1
-    assert "task validate failed" in done.stderr and "does not exist" in done.stderr
-    assert f"img{sample['maxz'] + 1:05d}.png" in done.stderr
+    assert "task align.pairs[0] failed" in done.stderr and bad.name in done.stderr
     [mail] = smtp_server.to("bob@lab.example")
     assert mail["Subject"] == f"emprocess: broken run {run_id_of(done.stderr)} failed"
     body = mail.get_body().get_content()
-    assert "<li>validate</li>" in body and "later tasks did not run" in body
-    assert "report.html" not in body  # the report task did not run either
+    assert "<li>align.pairs[0]</li>" in body and "later tasks did not run" in body
 
 
 def test_a_conf_that_asks_for_mail_needs_an_smtp_connection(sample, tmp_path):

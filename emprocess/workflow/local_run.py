@@ -1,5 +1,8 @@
 """Run one DAG run on this machine: temp SQLite Airflow, both services on 127.0.0.1, ``dag.test``.
 
+The run's logs go to files from its start (``RunLogs``): the services' own, and Airflow's, which holds
+all else this process writes meanwhile (``output_to``), so the terminal can show the run's progress.
+
 Airflow reads its configuration at import, so a process has one Airflow home: made on the first
 ``run_local`` (before anything imports Airflow), reset for every run, removed when the process exits.
 A killed process cannot remove its home, so making a home first removes this user's homes whose
@@ -19,15 +22,18 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, TextIO
 
 import requests
 
 from emprocess import storage
 from emprocess.config import ConfError, parse_conf
+from emprocess.stages import RunContext
 from emprocess.workflow import task_name
 
 log = logging.getLogger("emprocess.run")
@@ -36,6 +42,9 @@ SERVICES = {"fiji": ("ALIGN_CLOUD_RUN", "containers.fiji.app:app"),
             "emwrite": ("IMG_WRITE", "containers.emwrite.app:app")}
 DAG_FILE = "from emprocess.workflow.dag_factory import build_all\n\nglobals().update(build_all())  # airflow dag\n"
 POOL_SLOTS = 64
+LOG_FOLDER = "logs"  # a run's logs, in its process location
+AIRFLOW_LOG = "airflow.log"  # Airflow's log, with all else this process writes while the run goes
+ECHO_JOIN_SECONDS = 10  # how long the end of a run waits for the log's echo to drain
 
 
 class RunFailed(RuntimeError):
@@ -49,6 +58,47 @@ class RunResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (task id, or "task id[worker]", error)
 
 
+def service_log(log_dir: Path, name: str) -> Path:
+    return log_dir / f"{name}.log"
+
+
+def run_log_folder(process: str) -> Path:
+    """Where a run's logs go: ``logs`` in its process location when that is a folder. An object in a
+    bucket cannot be appended to as the run goes, so the logs of a gs:// or s3:// run stay on this
+    machine, in ``~/.cache/emprocess/logs/<scheme>/<process bucket>/<run key>`` (under
+    ``$XDG_CACHE_HOME`` when set): the simplest honest place, and ``emprocess run`` prints it."""
+    url = storage.parse(process)
+    if url.scheme == "file":
+        return Path(url.path) / LOG_FOLDER
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "emprocess" / "logs" / url.scheme / url.bucket / url.path
+
+
+@dataclass(frozen=True)
+class RunLogs:
+    """One run's log files; a resumed run appends to them."""
+
+    folder: Path
+
+    @property
+    def airflow(self) -> Path:
+        return self.folder / AIRFLOW_LOG
+
+    @property
+    def services(self) -> dict[str, Path]:
+        return {name: service_log(self.folder, name) for name in SERVICES}
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """A run about to start here: its conf as given, its context, the logical date that names it."""
+
+    conf: dict
+    ctx: RunContext
+    logical_date: datetime.datetime
+    logs: RunLogs
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -60,7 +110,7 @@ def service(name: str, allowed: list[str], log_dir: Path):
     """Start one service with uvicorn on a free loopback port; yield its base URL."""
     port = free_port()
     env = dict(os.environ, EMPROCESS_ALLOWED_PREFIXES=",".join(allowed))
-    log_file = open(log_dir / f"{name}.log", "wb")
+    log_file = open(service_log(log_dir, name), "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", SERVICES[name][1], "--host", "127.0.0.1", "--port", str(port),
          "--log-level", "warning"],
@@ -71,7 +121,7 @@ def service(name: str, allowed: list[str], log_dir: Path):
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                raise RunFailed(f"the {name} service exited at start; see {log_dir / (name + '.log')}")
+                raise RunFailed(f"the {name} service exited at start; see {service_log(log_dir, name)}")
             try:
                 if requests.get(url + "/healthz", timeout=2).ok:
                     break
@@ -98,6 +148,11 @@ def allowed_prefixes(conf) -> list[str]:
             if url:
                 prefixes.append(str(storage.parse(url).parent()))
     return prefixes
+
+
+def manual_run_id(logical_date: datetime.datetime) -> str:
+    """The id Airflow gives the manual run of ``logical_date`` (``DagRun.generate_run_id``)."""
+    return f"manual__{logical_date.isoformat()}"
 
 
 def logical_date_of(run_id: str) -> datetime.datetime:
@@ -187,13 +242,86 @@ def _remove_if_unlocked(home: Path) -> None:
         os.close(lock)
 
 
-def run_local(conf_dict: dict, width: int = 1, resume: str | None = None) -> RunResult:
+def prepare_run(conf_dict: dict, resume: str | None = None) -> LocalRun:
+    """Check the run and name it before anything starts: a refused conf or input fails here in seconds,
+    before any write (the DAG's ``validate`` checks the same again), and the run id places its logs,
+    so their folder is there from the start."""
+    from emprocess.validate import validate_run
+
     conf = parse_conf(conf_dict)
+    logical_date = logical_date_of(resume) if resume else datetime.datetime.now(datetime.timezone.utc)
+    ctx = RunContext.create(conf, manual_run_id(logical_date))
+    validate_run(ctx)
+    logs = RunLogs(run_log_folder(ctx.locations.process))
+    logs.folder.mkdir(parents=True, exist_ok=True)
+    return LocalRun(conf_dict, ctx, logical_date, logs)
+
+
+@contextmanager
+def output_to(log_file: Path, echo: bool = False) -> Iterator[TextIO]:
+    """Send all this process writes to stdout and stderr to ``log_file`` (appended) while the block
+    runs, with ``echo`` also to stderr; yields a stream to the stdout of before, for what is meant to
+    be seen. File descriptors 1 and 2 are redirected, not ``sys.stdout``: Airflow's structlog, Python
+    logging, warnings, C libraries and child processes each reach them their own way."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    console = open(os.dup(saved[0]), "w", buffering=1, encoding=sys.stdout.encoding, errors="replace")
+    echoing = None
+    with open(log_file, "ab") as logged:
+        if echo:
+            source, sink = os.pipe()
+            echoing = threading.Thread(target=_tee, args=(source, [os.dup(logged.fileno()), os.dup(saved[1])]),
+                                       name="emprocess-log-echo", daemon=True)
+            echoing.start()
+        else:
+            sink = os.dup(logged.fileno())
+        for fd in (1, 2):
+            os.dup2(sink, fd)
+        os.close(sink)
+    try:
+        yield console
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, original in zip((1, 2), saved):
+            os.dup2(original, fd)
+            os.close(original)
+        if echoing is not None:  # the pipe is closed now, unless a child process still holds it
+            echoing.join(ECHO_JOIN_SECONDS)
+        console.close()
+
+
+def _tee(source: int, targets: list[int]) -> None:
+    """Copy ``source`` to every target until its end, then close them all: they are this thread's own
+    descriptors, so none is closed, or its number reused, while it still writes. A target that fails
+    (a closed terminal) is dropped; the others still get everything, and the run's writes never block."""
+    try:
+        while chunk := os.read(source, 1 << 16):
+            for target in list(targets):
+                try:
+                    _write_all(target, chunk)
+                except OSError:
+                    targets.remove(target)
+                    os.close(target)
+    finally:
+        for fd in (source, *targets):
+            os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    unwritten = memoryview(data)
+    while unwritten:
+        unwritten = unwritten[os.write(fd, unwritten):]
+
+
+def run_local(run: LocalRun, width: int = 1) -> RunResult:
+    """The run, its services logging to its log folder."""
     with ExitStack() as stack:
         home = airflow_home()
-        allowed = allowed_prefixes(conf)
+        allowed = allowed_prefixes(run.ctx.conf)
         for name, (conn_id, _) in SERVICES.items():
-            url = stack.enter_context(service(name, allowed, home))
+            url = stack.enter_context(service(name, allowed, run.logs.folder))
             os.environ[f"AIRFLOW_CONN_{conn_id}"] = url
         log.info("services up; initialising Airflow in %s", home)
 
@@ -206,9 +334,8 @@ def run_local(conf_dict: dict, width: int = 1, resume: str | None = None) -> Run
         for pool, description in POOLS.items():
             Pool.create_or_update_pool(pool, POOL_SLOTS, description, include_deferred=False)
         dag = build_dag(width)
-        logical_date = logical_date_of(resume) if resume else datetime.datetime.now(datetime.timezone.utc)
         log.info("running %s", dag.dag_id)
-        return run_dag_test(dag, conf_dict, logical_date)
+        return run_dag_test(dag, run.conf, run.logical_date)
 
 
 def run_dag_test(dag, conf: dict, logical_date: datetime.datetime | None = None) -> RunResult:
