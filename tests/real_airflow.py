@@ -202,3 +202,45 @@ def _wait_for_dags(deploy: Deployment, timeout: float = 300) -> None:
             return
         time.sleep(1)
     raise RuntimeError(f"the DAGs were not registered within {timeout} s:\n{deploy.log('dag-processor')[-3000:]}")
+
+
+@dataclass
+class RestartableService:
+    """One of the project's services on a fixed loopback port, which a test can kill (an outage) and
+    start again on the same port, as a redeployed or rescheduled Cloud Run service comes back."""
+
+    name: str
+    allowed: list[str]
+    log_dir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120) -> None:
+        from emprocess.workflow.local_run import SERVICES
+
+        with open(self.log_dir / f"{self.name}.log", "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", SERVICES[self.name][1], "--host", "127.0.0.1",
+                 "--port", str(self.port), "--log-level", "warning"],
+                env=dict(os.environ, EMPROCESS_ALLOWED_PREFIXES=",".join(self.allowed)), stdout=out,
+                stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not self._healthy():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the {self.name} service did not start; see {self.log_dir}")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, calls in flight are cut."""
+        self.process.kill()
+        self.process.wait()
+
+    def _healthy(self) -> bool:
+        try:
+            return requests.get(self.url + "/healthz", timeout=2).ok
+        except requests.ConnectionError:
+            return False

@@ -2,9 +2,12 @@
 LocalExecutor; see ``real_airflow``), as a lab runs it: the sample is triggered with ``airflow dags
 trigger`` and through the REST API, both runs succeed, stages the conf does not ask for start no
 worker, and the outputs are byte for byte those of a ``dag.test`` run (``emprocess run``). A
-refused conf fails its run without writing anything, and its report task names the key.
+refused conf fails its run without writing anything, and its report (the report task's result, and
+the Run report tab) names the key. An emwrite outage in the middle of a stage is ridden out without
+a task failure; a worker failed on bad input, cleared once the input is mended, redoes only its
+unfinished mini-tasks.
 
-Slow (a few minutes): it starts the whole deployment once for the module.
+Slow (several minutes): it starts the whole deployment once for the module.
 """
 
 from __future__ import annotations
@@ -16,11 +19,15 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from emprocess import storage
-from emprocess.stages import RunContext
+from emprocess.config import parse_conf
+from emprocess.sample import write_sample
+from emprocess.stages import RunContext, share
 from emprocess.workflow.dag_factory import dag_id
-from real_airflow import deployment, postgres_bin
+from emprocess.workflow.local_run import SERVICES, allowed_prefixes, service
+from real_airflow import RestartableService, deployment, postgres_bin
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is not installed (make test installs it)")]
@@ -34,10 +41,37 @@ def sample(small_sample) -> dict:
 
 
 @pytest.fixture(scope="module")
-def airflow(service_connections):
+def long_sample(tmp_path_factory) -> dict:
+    """24 slices of 512²: a warp long enough to cut a service off in the middle of it."""
+    return write_sample(tmp_path_factory.mktemp("long") / "sample", size=512, n_slices=24, seed=7)
+
+
+@pytest.fixture(scope="module")
+def emwrite(sample, long_sample, tmp_path_factory):
+    """The emwrite service on a port of its own, so a test can kill it and bring it back there."""
+    allowed = [prefix for conf in (sample, long_sample) for prefix in allowed_prefixes(parse_conf(conf))]
+    running = RestartableService("emwrite", allowed, tmp_path_factory.mktemp("emwrite-log"))
+    running.start()
+    yield running
+    running.kill()
+
+
+@pytest.fixture(scope="module")
+def airflow(sample, long_sample, emwrite, tmp_path_factory):
     """A deployment whose connections point at both services; 4 task processes at once (2 cores)."""
-    with deployment({**service_connections, "AIRFLOW__CORE__PARALLELISM": "4"}) as running:
-        yield running
+    allowed = [prefix for conf in (sample, long_sample) for prefix in allowed_prefixes(parse_conf(conf))]
+    fiji_conn, _ = SERVICES["fiji"]
+    emwrite_conn, _ = SERVICES["emwrite"]
+    with service("fiji", allowed, tmp_path_factory.mktemp("fiji-log")) as fiji:
+        connections = {f"AIRFLOW_CONN_{fiji_conn}": fiji, f"AIRFLOW_CONN_{emwrite_conn}": emwrite.url}
+        with deployment({**connections, "AIRFLOW__CORE__PARALLELISM": "4"}) as running:
+            yield running
+
+
+def trigger(airflow, dag: str, conf: dict) -> str:
+    reply = airflow.rest("POST", f"/dags/{dag}/dagRuns", json={"logical_date": None, "conf": conf})
+    assert reply.status_code == 200, reply.text
+    return reply.json()["dag_run_id"]
 
 
 def wait_for(airflow, dag: str, run_id: str, timeout: float = 900) -> dict:
@@ -50,9 +84,19 @@ def wait_for(airflow, dag: str, run_id: str, timeout: float = 900) -> dict:
     raise AssertionError(f"{run_id} did not finish within {timeout} s:\n{airflow.log('scheduler')[-3000:]}")
 
 
+def task_instances(airflow, dag: str, run_id: str) -> list[dict]:
+    return airflow.rest("GET", f"/dags/{dag}/dagRuns/{run_id}/taskInstances",
+                        params={"limit": 1000}).json()["task_instances"]
+
+
 def task_states(airflow, dag: str, run_id: str) -> dict[tuple[str, int], str]:
-    reply = airflow.rest("GET", f"/dags/{dag}/dagRuns/{run_id}/taskInstances", params={"limit": 1000}).json()
-    return {(ti["task_id"], ti["map_index"]): ti["state"] for ti in reply["task_instances"]}
+    return {(ti["task_id"], ti["map_index"]): ti["state"] for ti in task_instances(airflow, dag, run_id)}
+
+
+def cache_entries(conf: dict, run_id: str, stage: str) -> dict[str, bytes]:
+    """The stage's result-cache entries of the run: one per finished mini-task."""
+    cache = RunContext.create(conf, run_id).cache_dir(stage)
+    return {name: storage.read(storage.join(cache, name)) for name in storage.listdir(cache)}
 
 
 def files(url: str) -> dict[str, bytes]:
@@ -116,4 +160,76 @@ def test_a_refused_conf_fails_its_run_writes_nothing_and_still_reports(airflow, 
     [refused] = report["value"]["refused"]
     assert refused["task"] == "validate" and "must not exceed maxz" in refused["error"]
     assert sorted(map(str, folder.rglob("*"))) == before
+    tab = requests.get(f"{airflow.api}/emprocess/dags/{dag}/runs/{requests.utils.quote(run_id, safe='')}/report.html",
+                       headers={"Authorization": f"Bearer {airflow.token()}"}, timeout=60)
+    assert tab.status_code == 200 and tab.headers["content-type"].startswith("text/html"), tab.text
+    assert "refused" in tab.text and "<td>validate</td>" in tab.text and "must not exceed maxz" in tab.text
     print(f"\nrefused conf: run failed {seconds:.0f} s after the trigger")
+
+
+def test_a_conf_the_params_refuse_starts_no_run_and_the_error_names_the_key(airflow, sample):
+    dag = dag_id(WIDTH)
+    conf = {**sample, "minz": "zero"}
+    runs = airflow.rest("GET", f"/dags/{dag}/dagRuns").json()["total_entries"]
+    reply = airflow.rest("POST", f"/dags/{dag}/dagRuns", json={"logical_date": None, "conf": conf})
+    assert reply.status_code == 400 and "minz" in reply.json()["detail"], reply.text
+    cli = airflow.airflow("dags", "trigger", dag, "--conf", json.dumps(conf))  # Airflow's CLI adds its traceback
+    assert cli.returncode != 0 and "Invalid input for param minz" in cli.stderr, cli.stderr[-3000:]
+    assert airflow.rest("GET", f"/dags/{dag}/dagRuns").json()["total_entries"] == runs
+
+
+def test_the_run_rides_out_an_emwrite_outage_in_the_middle_of_the_warp(airflow, emwrite, long_sample):
+    """Killed mid-warp and back 30 s later, as a redeployed service comes back: the workers' calls
+    retry through the outage, and no task fails or is tried again."""
+    dag = dag_id(WIDTH)
+    run_id = trigger(airflow, dag, long_sample)
+    deadline = time.monotonic() + 900
+    while not cache_entries(long_sample, run_id, "align.warp"):
+        assert time.monotonic() < deadline, "the warp did not start"
+        time.sleep(0.05)
+    emwrite.kill()
+    warped_before_the_outage = len(cache_entries(long_sample, run_id, "align.warp"))
+    time.sleep(30)
+    emwrite.start()
+    run = wait_for(airflow, dag, run_id)
+    instances = task_instances(airflow, dag, run_id)
+    assert run["state"] == "success", [(ti["task_id"], ti["map_index"], ti["state"]) for ti in instances]
+    assert all(ti["state"] in ("success", "skipped") and ti["try_number"] <= 1 for ti in instances)
+    slices = long_sample["maxz"] - long_sample["minz"] + 1
+    assert warped_before_the_outage < slices == len(cache_entries(long_sample, run_id, "align.warp"))
+    logs = "".join(p.read_text(errors="replace") for p in (airflow.home / "logs").rglob("*.log"))
+    assert "/alignedslice attempt" in logs, "no worker met the outage"
+
+
+def test_a_worker_failed_on_bad_input_reruns_only_its_unfinished_mini_tasks_once_cleared(airflow, long_sample):
+    """One slice's pixels are garbage (its header and end are whole, so validate lets it by): the warp
+    worker that meets it fails at once. The slice is mended and that mapped instance cleared through
+    the REST API: only its unfinished mini-tasks run, and the run succeeds."""
+    dag = dag_id(WIDTH)
+    conf = {**long_sample, "id": "mended", "skip_align": True}
+    bad_z = long_sample["maxz"] - 2  # the last slice of worker (maxz - 2) % WIDTH's warp share
+    bad_slice = Path(storage.parse(parse_conf(conf).slice_url(bad_z)).path)
+    whole = bad_slice.read_bytes()
+    bad_slice.write_bytes(whole[:33] + bytes(4096) + whole[-12:])  # PNG signature + IHDR, garbage, IEND
+    try:
+        run_id = trigger(airflow, dag, conf)
+        assert wait_for(airflow, dag, run_id)["state"] == "failed"
+    finally:
+        bad_slice.write_bytes(whole)
+    worker = (bad_z - long_sample["minz"]) % WIDTH
+    failed = {key for key, state in task_states(airflow, dag, run_id).items() if state == "failed"}
+    assert failed == {("align.warp", worker)}
+    before = cache_entries(conf, run_id, "align.warp")
+    keys = [f"{z:08d}.json" for z in range(long_sample["minz"], long_sample["maxz"] + 1)]
+    mine = [task["key"] for task in share([{"key": key} for key in keys], worker, WIDTH)]
+    unfinished = set(keys) - set(before)
+    assert f"{bad_z:08d}.json" in unfinished and unfinished < set(mine)  # its other mini-tasks finished
+
+    cleared = airflow.rest("POST", f"/dags/{dag}/clearTaskInstances", json={
+        "dry_run": False, "dag_run_id": run_id, "task_ids": [["align.warp", worker]], "only_failed": False,
+        "include_downstream": True, "reset_dag_runs": True})
+    assert cleared.status_code == 200, cleared.text
+    assert wait_for(airflow, dag, run_id)["state"] == "success"
+    after = cache_entries(conf, run_id, "align.warp")
+    assert set(after) == set(keys)
+    assert {key: after[key] for key in before} == before  # finished mini-tasks did not run again
