@@ -12,14 +12,17 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from emprocess.config import ConfError
+from emprocess.stages import InputError
 
 
 def _load_conf(path: str) -> dict:
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_bytes())
     except FileNotFoundError:
         raise ConfError(f"conf file {path} does not exist") from None
-    except json.JSONDecodeError as err:
+    except OSError as err:  # a folder, not allowed to read it
+        raise ConfError(f"conf file {path} cannot be read: {err.strerror}") from None
+    except ValueError as err:  # not JSON, or not UTF-8 (nor UTF-16 or -32)
         raise ConfError(f"conf file {path} is not valid JSON: {err}") from None
 
 
@@ -246,8 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except ConfError as err:  # one line per refused key, no traceback
-        lines = [f"error: invalid run conf: {problem}" for problem in err.problems] or [f"error: {err}"]
+    except (ConfError, InputError) as err:  # bad conf or input data: one line per refused key, no traceback
+        problems = err.problems if isinstance(err, ConfError) else []
+        lines = [f"error: invalid run conf: {problem}" for problem in problems] or [f"error: {err}"]
         print("\n".join(lines), file=sys.stderr)
         return 2
 

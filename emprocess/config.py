@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from emprocess import storage
 
@@ -17,6 +17,11 @@ STAGES = ("align", "pyramid", "chunkedgraph", "meshing")
 RUN_KEY_MAX = 40  # longer run ids are cut and end in a digest
 DIGEST_LENGTH = 8
 EMAIL_PATTERN = r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$"  # one address
+# Bounds of the numeric keys, for EM data. Integer keys are strict: 1e30 or 4.0 is refused, not rounded.
+MAX_Z = 9_999_999  # 10^7 slices: far beyond the largest EM stacks (tens of thousands of sections)
+RESOLUTION_NM = (0.1, 100_000.0)  # from atomic-scale pixels to 100 µm sections
+CHUNK_SIDES = (4, 4096)  # ChunkedGraph chunk side, voxels: 4 for thin volumes; a 4096² × 64 chunk is 8 GiB of ids
+MIN_ALIGN_SIDE = 64  # px a side a slice keeps once downsampled for alignment: fewer hold too few SIFT features
 
 
 class ConfError(ValueError):
@@ -31,8 +36,9 @@ class ConfError(ValueError):
 class MeshConf(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    simplification_factor: Annotated[float, Field(gt=1)] = Field(
-        4.0, description="each level of detail keeps about 1/factor of the triangles of the level below")
+    simplification_factor: Annotated[float, Field(gt=1, le=100)] = Field(
+        4.0, description="each level of detail keeps about 1/factor of the triangles of the level below; "
+                         "more than 1, at most 100")
 
 
 class SegmentationConf(BaseModel):
@@ -43,7 +49,10 @@ class SegmentationConf(BaseModel):
     watershed: str = Field(
         description="URL of a precomputed uint32/uint64 supervoxel volume in the run's aligned frame")
     agglomeration: str | None = Field(None, description="URL of a supervoxel → body table (.npy, .npz or .csv)")
-    chunk_size: list[int] = Field([256, 256, 256], min_length=3, max_length=3)
+    chunk_size: list[StrictInt] = Field(
+        [256, 256, 256], min_length=3, max_length=3,
+        description=f"ChunkedGraph chunk [x, y, z] in voxels: powers of two from {CHUNK_SIDES[0]} to {CHUNK_SIDES[1]}",
+        json_schema_extra={"items": {"type": "integer", "minimum": CHUNK_SIDES[0], "maximum": CHUNK_SIDES[1]}})
     test: bool = Field(False, description="build only one layer-3 chunk's 8 children and their parents")
     mesh: MeshConf = MeshConf()
 
@@ -55,9 +64,11 @@ class SegmentationConf(BaseModel):
     @field_validator("chunk_size")
     @classmethod
     def _power_of_two(cls, value: list[int]) -> list[int]:
+        low, high = CHUNK_SIDES
         for size in value:
-            if size <= 0 or size & (size - 1):
-                raise ValueError(f"each chunk_size entry must be a positive power of two, got {size}")
+            if not low <= size <= high or size & (size - 1):
+                raise ValueError(f"each chunk_size entry must be a positive power of two, at least {low} and at most "
+                                 f"{high}, got {size}")
         return value
 
 
@@ -66,21 +77,30 @@ class RunConf(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    id: str = Field(description="dataset name", min_length=1, max_length=128)
+    id: str = Field(description="dataset name: letters, digits, '.', '_' or '-'; at most 128 characters",
+                    min_length=1, max_length=128)
     image: str = Field(description="printf template of slice names under source, e.g. img%05d.png")
-    minz: int = Field(ge=0, description="first slice (inclusive)")
-    maxz: int = Field(ge=0, description="last slice (inclusive)")
+    minz: int = Field(ge=0, le=MAX_Z, strict=True, description=f"first slice (inclusive), 0 to {MAX_Z}")
+    maxz: int = Field(ge=0, le=MAX_Z, strict=True, description=f"last slice (inclusive), 0 to {MAX_Z}")
     source: str = Field(description="gs://bucket, s3://bucket, file:///abs/dir or a bare bucket name (= gs://)")
     project: str | None = Field(None, description="GCP project for created buckets (GCS only)")
     email: str | None = Field(None, pattern=EMAIL_PATTERN,
                               description="address to mail when the run ends, succeeded or failed")
-    downsample_factor: int = Field(1, ge=1, le=64, description="downsample before alignment only")
-    resolution: float | list[float] = Field(8.0, description="nm; a number or [x, y, z]")
+    downsample_factor: int = Field(
+        1, ge=1, le=64, strict=True,
+        description=f"downsample before alignment only, 1 to 64; the slices must keep {MIN_ALIGN_SIDE} px a side")
+    resolution: float | list[float] = Field(
+        8.0, description=f"voxel size in nm, a number or [x, y, z], each {RESOLUTION_NM[0]} to {RESOLUTION_NM[1]:g}",
+        json_schema_extra={"anyOf": [
+            {"type": "number", "minimum": RESOLUTION_NM[0], "maximum": RESOLUTION_NM[1]},
+            {"type": "array", "minItems": 3, "maxItems": 3,
+             "items": {"type": "number", "minimum": RESOLUTION_NM[0], "maximum": RESOLUTION_NM[1]}}]})
     createRawPyramid: bool = Field(True, alias="createRawPyramid", description="also write the lossless raw volume")
     skip_align: bool = Field(False, description="use identity transforms")
-    clip_limit: float = Field(0.02, alias="clip-limit", ge=0, le=1, description="CLAHE clip limit; 0 disables")
+    clip_limit: float = Field(0.02, alias="clip-limit", ge=0, le=1, description="CLAHE clip limit, 0 to 1; 0 disables")
     reuse_alignment: str | None = Field(None, description="run id whose transforms to reuse")
-    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of the viewing pyramid")
+    jpeg_quality: int = Field(90, ge=1, le=100, strict=True,
+                              description="JPEG quality of the viewing pyramid, 1 to 100")
     public: bool = Field(False, description="make the viewing location public + CORS")
     stages: list[Literal["align", "pyramid", "chunkedgraph", "meshing"]] = Field(
         list(STAGES), description="subset of align, pyramid, chunkedgraph, meshing to run"
@@ -128,8 +148,9 @@ class RunConf(BaseModel):
         values = value if isinstance(value, list) else [value]
         if isinstance(value, list) and len(value) != 3:
             raise ValueError("give one number or [x, y, z]")
-        if any(v <= 0 for v in values):
-            raise ValueError("must be positive")
+        low, high = RESOLUTION_NM
+        if not all(low <= v <= high for v in values):
+            raise ValueError(f"each value must be {low} to {high:g} nm")
         return value
 
     @field_validator("stages")

@@ -1,4 +1,4 @@
-"""Slice reading: full decode (8/16-bit PNG and TIFF) and header-only sizes, errors naming the URL."""
+"""Slice reading: full decode (8/16-bit PNG and TIFF) and header-only sizes and formats, errors naming the URL."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from emprocess.align import images
-from emprocess.align.images import image_size, read_image
+from emprocess.align.images import image_size, read_header, read_image
 from emprocess.stages import InputError
 
 
@@ -56,6 +56,31 @@ def test_tiff_headers_in_both_byte_orders_and_bigtiff(tmp_path, order, big):
     path = tmp_path / "h.tif"
     path.write_bytes(tiff_header(order, big, 20_000, 19_999))
     assert image_size(url_of(path)) == (20_000, 19_999)
+
+
+SAMPLES = {np.dtype(np.uint8): (8, "unsigned"), np.dtype(np.uint16): (16, "unsigned"),
+           np.dtype(np.int16): (16, "signed"), np.dtype(np.float32): (32, "float")}
+
+
+@pytest.mark.parametrize("name", ["a.png", "a.tif"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_header_agrees_with_the_decoder(tmp_path, name, dtype, channels):
+    """What the header says (channels, bits, sample type) is what OpenCV decodes, and the header
+    refuses exactly the slices ``read_image`` refuses."""
+    shape = (37, 53) if channels == 1 else (37, 53, channels)
+    assert cv2.imwrite(str(tmp_path / name), np.zeros(shape, dtype))
+    url = url_of(tmp_path / name)
+    header, decoded = read_header(url), cv2.imread(str(tmp_path / name), cv2.IMREAD_UNCHANGED)
+    assert header.size == (53, 37)
+    assert header.channels == (1 if decoded.ndim == 2 else decoded.shape[2])
+    assert (header.bits, header.sample) == SAMPLES[decoded.dtype]
+    try:
+        read_image(url)
+    except InputError:
+        assert header.problem()
+    else:
+        assert header.problem() is None
 
 
 def test_colour_is_refused_naming_the_url(tmp_path):

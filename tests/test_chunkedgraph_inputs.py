@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import refusals_segmentation
+from refusals import Case, spoiled
 from test_chunkedgraph_helpers import STAGE, make_context, run_graph, write_transforms, write_volume
 
 from emprocess import storage
 from emprocess.chunkedgraph.agglomeration import load_table
 from emprocess.config import ConfError
-from emprocess.stages import InputError
+from emprocess.stages import InputError, RunContext
+from emprocess.validate import validate_run
 
 SHAPE = (24, 20, 12)
 
@@ -138,3 +141,23 @@ def test_negative_ids_in_npy_are_refused(tmp_path):
     np.save(tmp_path / "t.npy", np.array([[1, -4]], dtype=np.int64))
     with pytest.raises(InputError, match="negative id -4"):
         load_table(f"file://{tmp_path}/t.npy")
+
+
+@pytest.mark.parametrize(("change", "damage", "found"), [
+    (refusals_segmentation.segmentation("bodies.npy"),
+     refusals_segmentation.with_table("bodies.npy", np.array([[1, 2], [3, 2]])), {"agglomeration_rows": 2}),
+    (refusals_segmentation.segmentation(skip_align=True), refusals_segmentation.watershed(), {"grid": [3, 3, 1]}),
+    (refusals_segmentation.segmentation(chunk_size=[16, 16, 16], stages=["chunkedgraph"]),
+     refusals_segmentation.watershed(shape=(40, 30, 20)), {"watershed_size": [40, 30, 20], "grid": [3, 2, 2]}),
+    (refusals_segmentation.segmentation(reuse_alignment=refusals_segmentation.REUSED_RUN),
+     lambda src: (refusals_segmentation.reused_alignment(src),
+                  refusals_segmentation.write_watershed(src, refusals_segmentation.labels((120, 96, 4)))),
+     {"watershed_size": [120, 96, 4]}),
+    (refusals_segmentation.segmentation(), refusals_segmentation.watershed(shape=(130, 100, 4)),  # aligned: wider
+     {"sampled_chunks": 16}),
+], ids=["table", "skip_align", "graph only", "reused alignment", "pairwise alignment"])
+def test_validate_passes_the_refusal_catalogues_good_segmentation(tmp_path, change, damage, found):
+    """The catalogue's segmentation cases each spoil one thing of inputs that pass."""
+    conf = spoiled(Case("good", change, damage), tmp_path)
+    result = validate_run(RunContext.create(conf, "manual__2020-01-01T00:00:00+00:00"))
+    assert found.items() <= result.items()

@@ -251,6 +251,44 @@ def test_a_corrupt_existing_output_shard_names_it_on_rerun(aligned):
         build_block(url, jpeg, None, None, LAYOUT, (0, 0, 0), 90)
 
 
+# ---- the slices, in-process (``emprocess work``) ---------------------------------------------------
+
+RUN_ID = "manual__2026-01-01T00:00:00+00:00"
+
+
+def corrupt_pixels(path: Path) -> None:
+    """Zero a stretch of a PNG's compressed pixels, leaving its chunks' frame: validate passes it."""
+    data = bytearray(path.read_bytes())
+    idat = data.index(b"IDAT")
+    data[idat + 8: idat + 200] = bytes(192)
+    path.write_bytes(bytes(data))
+
+
+def work(stage: str, conf: Path, capsys) -> tuple[int, str]:
+    """``emprocess work`` on every mini-task of ``stage``, in this process: its status and stderr."""
+    from emprocess.cli import main
+
+    status = main(["--quiet", "work", stage, "--conf", str(conf), "--run-id", RUN_ID])
+    return status, capsys.readouterr().err
+
+
+def test_a_slice_with_corrupt_pixels_fails_align_pairs_and_warp_in_process_naming_it(tmp_path, capsys):
+    from emprocess.sample import write_sample
+
+    conf = write_sample(tmp_path / "sample", size=256, n_slices=4, seed=5)
+    conf_file = tmp_path / "sample" / "conf.json"
+    slice_path = Path(storage.parse(conf["source"]).path) / (conf["image"] % 2)
+    good = slice_path.read_bytes()
+    corrupt_pixels(slice_path)
+    status, err = work("align.pairs", conf_file, capsys)
+    assert status == 2 and f"error: file://{slice_path}: " in err and "Traceback" not in err, err
+    slice_path.write_bytes(good)
+    assert work("align.pairs", conf_file, capsys)[0] == work("align.collect", conf_file, capsys)[0] == 0
+    corrupt_pixels(slice_path)
+    status, err = work("align.warp", conf_file, capsys)
+    assert status == 2 and f"error: file://{slice_path}: " in err and "Traceback" not in err, err
+
+
 # ---- failed transfers stay retryable ---------------------------------------------------------------
 
 

@@ -1,15 +1,17 @@
 """The cg.meta job: validate the segmentation inputs, then write the graph meta and what chunk jobs share.
 
-Checks, all before any write: the watershed exists and is a single-channel uint32/uint64
-``segmentation``; its size matches the run's volume; ``chunk_size`` entries are positive powers of
-two and the graph fits the ID layout; the agglomeration table is readable with one body per
-supervoxel. Table ids absent from the watershed are only counted and reported (a table is often
-made for a larger volume than the one ingested); counting them costs one pass over the watershed,
-block by block, so only when a table is given.
+Checks (the rules are in ``inputs``; ``validate`` runs them before the run writes anything), all
+before any write: the watershed exists and is a single-channel uint32/uint64 ``segmentation``; its
+size matches the run's volume; ``chunk_size`` entries are positive powers of two and the graph fits
+the ID layout and the chunk bound; the agglomeration table is readable with one body per supervoxel.
+Table ids absent from the watershed are only counted and reported (a table is often made for a
+larger volume than the one ingested); counting them costs one pass over the watershed, block by
+block, so only when a table is given.
 
 The run's volume size is ``(width, height, maxz − minz + 1)`` of ``<process>/align/transforms.json``
 when that exists. Without it the conf must exclude align and pyramid (``"stages": ["chunkedgraph"]``
 against an existing volume): then the watershed's own size defines the frame, as nothing else does.
+Only here is the exact size known after a pairwise alignment, whose canvas may be wider than a slice.
 
 Writes: the sharded table, the supervoxel volume's ``info`` and, last, ``meta.json``.
 """
@@ -23,11 +25,10 @@ import math
 import fastremap
 import numpy as np
 
-from emprocess import corrupt, storage
-from emprocess.chunkedgraph import volumes
+from emprocess import storage
+from emprocess.chunkedgraph import inputs, volumes
 from emprocess.chunkedgraph.agglomeration import load_table, shard_index, write_shards
-from emprocess.chunkedgraph.ids import SPATIAL_BITS, IdLayout, layer_count
-from emprocess.chunkedgraph.layers import MAX_LAYERS
+from emprocess.chunkedgraph.ids import SPATIAL_BITS
 from emprocess.chunkedgraph.meta import GraphMeta, meta_url, read_meta
 from emprocess.stages import InputError
 
@@ -39,19 +40,13 @@ def prepare_graph(payload: dict) -> dict:
     """cg.meta work. Payload: ``graph``, ``watershed``, ``supervoxels``, ``agglomeration`` (URL or
     None), ``chunk_size``, ``test``, ``transforms`` (URL) and ``require_transforms`` (bool)."""
     graph, watershed = payload["graph"], payload["watershed"]
-    chunk_size = _chunk_size(payload["chunk_size"])
-    scale = _watershed_scale(watershed)
+    chunk_size = inputs.check_chunk_size(payload["chunk_size"])
+    scale = inputs.watershed_scale(watershed)
     size = tuple(int(s) for s in scale["size"])
-    _check_run_size(size, payload, watershed)
-    grid = tuple(math.ceil(s / c) for s, c in zip(size, chunk_size))
-    n_layers = layer_count(grid)
-    if n_layers > MAX_LAYERS:
-        raise InputError(
-            f"watershed {watershed}: {list(grid)} chunks of {list(chunk_size)} need {n_layers} layers; "
-            f"at most {MAX_LAYERS} are supported, use a larger chunk_size"
-        )
-    if math.prod(chunk_size) >= 1 << IdLayout(n_layers).segment_bits(1):
-        raise InputError(f"chunk_size {list(chunk_size)} holds more voxels than layer-1 IDs can number")
+    frame = inputs.transforms_frame(payload["transforms"], bool(payload.get("require_transforms")))
+    if frame is not None:
+        frame.check(watershed, size)
+    grid, n_layers = inputs.check_grid(watershed, size, chunk_size)
 
     if payload.get("agglomeration"):
         supervoxels, bodies = load_table(payload["agglomeration"])
@@ -103,57 +98,6 @@ def prepare_graph(payload: dict) -> dict:
         "unknown_supervoxels": int(unknown),
         "warnings": warnings,
     }
-
-
-def _chunk_size(value) -> tuple[int, int, int]:
-    if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(isinstance(v, int) for v in value):
-        raise InputError(f"segmentation.chunk_size must be three integers, got {value!r}")
-    for v in value:
-        if v <= 0 or v & (v - 1):
-            raise InputError(f"segmentation.chunk_size entries must be positive powers of two, got {list(value)}")
-    return tuple(value)
-
-
-def _watershed_scale(url: str) -> dict:
-    """Scale 0 of a valid watershed; InputError names the URL and what is wrong. The info is read
-    here and parsed apart, so that a failed read stays retryable; tensorstore then checks the rest."""
-    try:
-        data = storage.read(volumes.info_url(url))
-    except FileNotFoundError:
-        raise InputError(f"watershed {url}: no precomputed volume there ({volumes.info_url(url)} not found)") from None
-    info = corrupt.parse_json(data, f"watershed {url}: its info file {volumes.info_url(url)}")
-    if not isinstance(info, dict) or info.get("type") != "segmentation":
-        kind = info.get("type") if isinstance(info, dict) else type(info).__name__
-        raise InputError(f"watershed {url}: not a segmentation (type {kind!r})")
-    if info.get("data_type") not in ("uint32", "uint64"):
-        raise InputError(f"watershed {url}: data_type {info.get('data_type')!r}, expected uint32 or uint64")
-    if info.get("num_channels", 1) != 1 or not info.get("scales"):
-        raise InputError(f"watershed {url}: expected one channel and at least one scale")
-    volumes.open_scale(url)  # the rest of the info (scale 0's size, chunking, encoding) as chunk jobs will read it
-    return info["scales"][0]
-
-
-def _check_run_size(size: tuple, payload: dict, watershed: str) -> None:
-    transforms_url = payload["transforms"]
-    try:
-        data = storage.read(transforms_url)
-    except FileNotFoundError:
-        if payload.get("require_transforms"):
-            raise InputError(
-                f"{transforms_url} not found: the run's aligned volume size is unknown (align has not run)"
-            ) from None
-        return
-    transforms = corrupt.parse_json(data, transforms_url)
-    try:
-        depth = int(transforms["maxz"]) - int(transforms["minz"]) + 1
-        expected = (int(transforms["width"]), int(transforms["height"]), depth)
-    except (KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{transforms_url}: no volume size in it ({type(err).__name__}: {err})") from None
-    if size != expected:
-        raise InputError(
-            f"watershed {watershed}: size {list(size)} does not match the run's aligned volume {list(expected)} "
-            f"({transforms_url})"
-        )
 
 
 def _count_unknown(watershed: str, supervoxels: np.ndarray, size: tuple, chunk_size: tuple) -> int:

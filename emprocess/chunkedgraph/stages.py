@@ -17,6 +17,7 @@ from emprocess import storage
 from emprocess.align import transforms_url
 from emprocess.batch import stage_status
 from emprocess.chunkedgraph.flatten import flatten_chunk
+from emprocess.chunkedgraph.inputs import MAX_CHUNK_SIDE
 from emprocess.chunkedgraph.layer2 import build_layer2_chunk
 from emprocess.chunkedgraph.layers import MAX_LAYERS
 from emprocess.chunkedgraph.meta import GraphMeta, chunk_url, read_meta
@@ -26,7 +27,6 @@ from emprocess.payloads import Coords, Location, Payload, takes
 from emprocess.stages import MiniTask, RunContext, Stage
 
 SERVICE = "emwrite"
-MAX_CHUNK_SIDE = 4096
 
 
 class GraphMetaPayload(Payload):

@@ -42,10 +42,12 @@ def segmentation_scale(size, voxel_offset, resolution, chunk) -> dict:
     }
 
 
-def open_scale(volume: str, scale_index: int = 0) -> ts.TensorStore:
-    """The scale as a (x, y, z) array translated to origin 0 (channel dropped)."""
+def open_scale(volume: str, scale_index: int = 0, fill_missing: bool = True) -> ts.TensorStore:
+    """The scale as a (x, y, z) array translated to origin 0 (channel dropped). A missing chunk
+    reads as 0, or, without ``fill_missing``, fails with NOT_FOUND (to tell it from a present one)."""
     _check_scale_keys(volume)
-    spec = {"driver": "neuroglancer_precomputed", "kvstore": storage.kvstore_spec(volume), "scale_index": scale_index}
+    spec = {"driver": "neuroglancer_precomputed", "kvstore": storage.kvstore_spec(volume), "scale_index": scale_index,
+            "fill_missing_data_reads": fill_missing}
     try:
         store = ts.open(spec, context=storage.context()).result()
     except ValueError as err:

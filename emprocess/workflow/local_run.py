@@ -150,6 +150,21 @@ def allowed_prefixes(conf) -> list[str]:
     return prefixes
 
 
+def check_slices_within_reach(ctx: RunContext) -> None:
+    """This run's services read only under ``allowed_prefixes``, symlinks resolved: a slice that resolves
+    outside them (a link, or a linked source folder) is refused now, not by its worker mid-run. Not a
+    check of the DAG's ``validate``: a deployment's services may be allowed more."""
+    if not (ctx.wants("align") or ctx.wants("pyramid")):
+        return
+    allowed = allowed_prefixes(ctx.conf)
+    for z in ctx.conf.z_range:
+        url = ctx.conf.slice_url(z)
+        if not storage.is_under(url, allowed):
+            raise ConfError(f"slice {url} resolves to {os.path.realpath(storage.parse(url).path)}, outside "
+                            f"{', '.join(allowed)}, where the run's services may read; give the folder the "
+                            f"slices are in as the source, or copy them there")
+
+
 def manual_run_id(logical_date: datetime.datetime) -> str:
     """The id Airflow gives the manual run of ``logical_date`` (``DagRun.generate_run_id``)."""
     return f"manual__{logical_date.isoformat()}"
@@ -252,6 +267,7 @@ def prepare_run(conf_dict: dict, resume: str | None = None) -> LocalRun:
     logical_date = logical_date_of(resume) if resume else datetime.datetime.now(datetime.timezone.utc)
     ctx = RunContext.create(conf, manual_run_id(logical_date))
     validate_run(ctx)
+    check_slices_within_reach(ctx)
     logs = RunLogs(run_log_folder(ctx.locations.process))
     logs.folder.mkdir(parents=True, exist_ok=True)
     return LocalRun(conf_dict, ctx, logical_date, logs)
