@@ -20,7 +20,9 @@ EMAIL_PATTERN = r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$"  # one address
 # Bounds of the numeric keys, for EM data. Integer keys are strict: 1e30 or 4.0 is refused, not rounded.
 MAX_Z = 9_999_999  # 10^7 slices: far beyond the largest EM stacks (tens of thousands of sections)
 RESOLUTION_NM = (0.1, 100_000.0)  # from atomic-scale pixels to 100 µm sections
-CHUNK_SIDES = (4, 4096)  # ChunkedGraph chunk side, voxels: 4 for thin volumes; a 4096² × 64 chunk is 8 GiB of ids
+CHUNK_SIDES = (16, 4096)  # ChunkedGraph chunk side, voxels: smaller chunks make more bookkeeping than work;
+# a 4096² × 64 chunk is 8 GiB of ids
+MAX_DOWNSAMPLE = 64
 MIN_ALIGN_SIDE = 64  # px a side a slice keeps once downsampled for alignment: fewer hold too few SIFT features
 
 
@@ -87,8 +89,9 @@ class RunConf(BaseModel):
     email: str | None = Field(None, pattern=EMAIL_PATTERN,
                               description="address to mail when the run ends, succeeded or failed")
     downsample_factor: int = Field(
-        1, ge=1, le=64, strict=True,
-        description=f"downsample before alignment only, 1 to 64; the slices must keep {MIN_ALIGN_SIDE} px a side")
+        1, ge=1, le=MAX_DOWNSAMPLE, strict=True,
+        description=f"downsample before alignment only, 1 to {MAX_DOWNSAMPLE}; the slices must keep "
+                    f"{MIN_ALIGN_SIDE} px a side")
     resolution: float | list[float] = Field(
         8.0, description=f"voxel size in nm, a number or [x, y, z], each {RESOLUTION_NM[0]} to {RESOLUTION_NM[1]:g}",
         json_schema_extra={"anyOf": [
@@ -181,6 +184,12 @@ class RunConf(BaseModel):
 
     def slice_url(self, z: int) -> str:
         return storage.join(self.source, self.image % z)
+
+    def reused_process(self) -> str | None:
+        """The process location of the run named by ``reuse_alignment``, where its transforms are."""
+        if self.reuse_alignment is None:
+            return None
+        return storage.run_locations(self.source, run_key(self.reuse_alignment, self.source)).process
 
     def to_json(self) -> dict:
         """The conf as given keys (aliases), with defaults filled in."""

@@ -121,7 +121,7 @@ def write_sample_segmentation(sample_dir: str | Path, transforms: dict, out_dir:
         "delete_existing": True,
     }
     ts.open(spec, context=storage.context()).result()[..., 0].write(watershed).result()
-    return {"watershed": url, "agglomeration": f"file://{out / 'agglomeration.npy'}", "chunk_size": [128, 128, 8]}
+    return {"watershed": url, "agglomeration": f"file://{out / 'agglomeration.npy'}", "chunk_size": [128, 128, 16]}
 
 
 def _cell_labels(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:

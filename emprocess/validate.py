@@ -117,14 +117,12 @@ def check_locations(ctx: RunContext) -> None:
 
 
 def check_reused_alignment(ctx: RunContext) -> None:
-    from emprocess.config import run_key
-
-    reuse = ctx.conf.reuse_alignment
-    if reuse is None:
+    reused = ctx.conf.reused_process()
+    if reused is None:
         return
-    url = transforms_url(storage.run_locations(ctx.conf.source, run_key(reuse, ctx.conf.source)).process)
+    url = transforms_url(reused)
     if not storage.exists(url):
-        raise ConfError(f"'reuse_alignment': run {reuse!r} has no transforms at {url}")
+        raise ConfError(f"'reuse_alignment': run {ctx.conf.reuse_alignment!r} has no transforms at {url}")
 
 
 def validate_run(ctx: RunContext) -> dict:

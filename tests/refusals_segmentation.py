@@ -1,6 +1,6 @@
 """Bad-input cases about segmentation: see ``refusals``. The watershed and the table live in the stack
 folder (under the run's allowed prefixes); the good watershed is the stack's size, 16 supervoxels in
-4×4 columns, stored in 32×32×4 chunks."""
+4×4 columns, stored in 32×32×4 chunks, graphed in 32×32×16 chunks."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from emprocess.config import run_key
 WATERSHED = "ws"
 SHAPE = (SIZE, SIZE, SLICES)
 CHUNK = [32, 32, SLICES]
+GRAPH_CHUNK = [32, 32, 16]
 REUSED_RUN = "manual__2001-01-01T00:00:00+00:00"
 
 
@@ -50,7 +51,7 @@ def watershed(**kwargs):
     return lambda src: write_watershed(src, labels(shape, dtype), **kwargs)
 
 
-def segmentation(table: str | None = None, chunk_size=CHUNK, **conf):
+def segmentation(table: str | None = None, chunk_size=GRAPH_CHUNK, **conf):
     """A change asking for a graph of ``src/ws`` (and ``src/<table>``), with other conf keys ``conf``."""
     def change(c: dict) -> None:
         seg = {"watershed": f"{c['source']}/{WATERSHED}", "chunk_size": chunk_size}
@@ -120,12 +121,12 @@ CASES = [Case(name, change, damage, expected) for name, change, damage, expected
      ("size [96, 96, 4] does not match the run's aligned volume [120, 96, 4]", "transforms.json")),
     ("watershed without chunk files", segmentation(), lambda src: write_watershed(src), ("no chunk files",)),
     ("watershed chunk truncated", segmentation(), truncated_chunk, ("ws", "32-64_32-64_0-4")),
-    ("chunk_size giving too many chunks", segmentation(chunk_size=[8, 8, 8], **GRAPH_ONLY),
-     lambda src: write_watershed(src, size=(8192, 8192, 64), chunk=[64, 64, 64]),
-     ("[1024, 1024, 8] chunks", "at most 2097152")),
-    ("chunk_size giving too many layers", segmentation(chunk_size=[8, 8, 8], **GRAPH_ONLY),
-     lambda src: write_watershed(src, size=(1 << 16, 8, 8), chunk=[64, 8, 8]), ("need 15 layers",)),
-    ("chunk_size side too large", segmentation(chunk_size=[8192, 8, 4]), watershed(), ("at most 4096",)),
+    ("chunk_size giving too many chunks", segmentation(chunk_size=[16, 16, 16], **GRAPH_ONLY),
+     lambda src: write_watershed(src, size=(16384, 16384, 64), chunk=[64, 64, 64]),
+     ("[1024, 1024, 4] chunks", "at most 2097152")),
+    ("chunk_size giving too many layers", segmentation(chunk_size=[16, 16, 16], **GRAPH_ONLY),
+     lambda src: write_watershed(src, size=(1 << 17, 16, 16), chunk=[64, 16, 16]), ("need 15 layers",)),
+    ("chunk_size side too large", segmentation(chunk_size=[8192, 16, 16]), watershed(), ("at most 4096",)),
     ("agglomeration of three columns", segmentation(CSV), with_table(CSV, b"1,2,3\n"), ("expected two columns",)),
     ("agglomeration garbage CSV", segmentation(CSV), with_table(CSV, b"\x00\x93garbage;;\n"),
      ("bodies.csv: cannot read it as .csv",)),

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from refusals import good_conf, listing, write_stack
+from refusals import good_conf, listing, spoiled, write_stack
 from refusals_conf import CASES
 
 
@@ -21,13 +21,7 @@ def width1_dag(airflow_db):
 def test_bad_input_fails_in_validate_before_any_write(width1_dag, tmp_path, case):
     from emprocess.workflow.local_run import run_dag_test
 
-    src = tmp_path / "src"
-    write_stack(src)
-    conf = good_conf(src)
-    if case.change:
-        case.change(conf)
-    if case.damage:
-        case.damage(src)
+    conf = spoiled(case, tmp_path)
     before = listing(tmp_path)
     try:
         result = run_dag_test(width1_dag, conf)

@@ -24,13 +24,13 @@ from emprocess.chunkedgraph.meta import read_meta
 from emprocess.chunkedgraph.reader import ChunkedGraph
 from emprocess.chunkedgraph.stages import MAX_LAYERS, STAGES, chunk_task, status
 
-SHAPE = (48, 40, 36)
-CHUNK = [8, 8, 8]
+SHAPE = (96, 80, 72)
+CHUNK = [16, 16, 16]
 BIG_IDS = np.uint64(1 << 40)  # watershed ids beyond uint32
 
 
 def build_inputs(tmp_path, shape=SHAPE, seed=1, dtype=np.uint64, test=False):
-    supervoxels = voronoi_supervoxels(shape, count=900, seed=seed)
+    supervoxels = voronoi_supervoxels(shape, count=7200, seed=seed)
     table = body_table(supervoxels, seed)
     if dtype == np.uint64:
         supervoxels = np.where(supervoxels != 0, supervoxels + BIG_IDS, 0).astype(np.uint64)
@@ -194,17 +194,17 @@ def test_plans_are_empty_when_the_graph_is_not_wanted(tmp_path):
 
 
 def test_offset_watershed_with_empty_chunks_and_no_table(tmp_path):
-    watershed = voronoi_supervoxels((20, 18, 12), count=60, seed=5).astype(np.uint32)
-    watershed[:8, :8, :] = 0  # whole chunks without a supervoxel
+    watershed = voronoi_supervoxels((40, 36, 24), count=60, seed=5).astype(np.uint32)
+    watershed[:16, :16, :] = 0  # whole chunks without a supervoxel
     url = write_volume(f"file://{tmp_path}/watershed", watershed, chunk=(7, 9, 5), offset=(5, 7, 3))
-    ctx = make_context(tmp_path, {"watershed": url, "chunk_size": [8, 8, 4]}, depth=12)
+    ctx = make_context(tmp_path, {"watershed": url, "chunk_size": [16, 16, 16]}, depth=24)
     results = run_graph(ctx)
     assert results["cg.layer2"]["2_0_0_0"]["supervoxels"] == 0
     flattened = read_labels(ctx.locations.segmentation)
     assert same_partition(flattened, active_components(watershed, None))
     assert np.unique(flattened[flattened != 0]).size == np.unique(watershed[watershed != 0]).size
     info = storage.read_json(storage.join(ctx.locations.segmentation, "info"))
-    assert info["scales"][0]["voxel_offset"] == [5, 7, 3] and info["scales"][0]["size"] == [20, 18, 12]
+    assert info["scales"][0]["voxel_offset"] == [5, 7, 3] and info["scales"][0]["size"] == [40, 36, 24]
 
 
 def test_cli_status_and_one_chunk_rerun(built, tmp_path, capsys):

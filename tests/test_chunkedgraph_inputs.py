@@ -14,7 +14,7 @@ from emprocess.config import ConfError
 from emprocess.stages import InputError, RunContext
 from emprocess.validate import validate_run
 
-SHAPE = (24, 20, 12)
+SHAPE = (48, 40, 36)
 
 
 def labels(seed=0) -> np.ndarray:
@@ -23,7 +23,7 @@ def labels(seed=0) -> np.ndarray:
 
 
 def context(tmp_path, stages=("chunkedgraph",), **segmentation):
-    segmentation = {"watershed": f"file://{tmp_path}/watershed", "chunk_size": [8, 8, 4], **segmentation}
+    segmentation = {"watershed": f"file://{tmp_path}/watershed", "chunk_size": [16, 16, 16], **segmentation}
     return make_context(tmp_path, segmentation, depth=SHAPE[2], stages=stages)
 
 
@@ -56,7 +56,7 @@ def test_watershed_size_must_match_the_aligned_volume(tmp_path):
     write_volume(f"file://{tmp_path}/watershed", labels())
     ctx = context(tmp_path)
     write_transforms(ctx, width=SHAPE[0] + 1, height=SHAPE[1], depth=SHAPE[2])
-    with pytest.raises(InputError, match=r"size \[24, 20, 12\] does not match the run's aligned volume \[25, 20, 12\]"):
+    with pytest.raises(InputError, match=r"size \[48, 40, 36\] does not match the run's aligned volume \[49, 40, 36\]"):
         run_meta(ctx)
     assert not storage.exists(storage.join(ctx.locations.chunkedgraph, "meta.json"))
 
@@ -76,14 +76,16 @@ def test_without_transforms_the_align_stage_must_not_be_wanted(tmp_path):
     assert run_meta(context(tmp_path))["grid"] == [3, 3, 3]
 
 
-def test_chunk_size_must_be_positive_powers_of_two(tmp_path):
+def test_chunk_size_must_be_powers_of_two_from_16_to_4096(tmp_path):
     write_volume(f"file://{tmp_path}/watershed", labels())
-    for bad in ([0, 8, 8], [12, 8, 8], [-8, 8, 8]):
-        with pytest.raises(ConfError, match="positive power of two"):
+    for bad, payload_refusal in (([0, 16, 16], "greater than or equal to 16"), ([8, 16, 16], "greater than or equal to 16"),
+                                 ([-16, 16, 16], "greater than or equal to 16"), ([24, 16, 16], "powers of two from 16"),
+                                 ([8192, 16, 16], "less than or equal to 4096")):
+        with pytest.raises(ConfError, match="positive power of two, at least 16 and at most 4096"):
             context(tmp_path, chunk_size=bad)
         ctx = context(tmp_path)
         (task,) = STAGE["cg.meta"].plan(ctx)
-        with pytest.raises(InputError, match="positive powers of two"):
+        with pytest.raises(InputError, match=payload_refusal):
             STAGE["cg.meta"].work({**task["payload"], "chunk_size": bad})
     assert storage.listdir(ctx.locations.chunk) == []
 

@@ -30,7 +30,7 @@ def test_graph_built_over_http_matches_the_active_components(tmp_path, client):
     table = np.stack([np.unique(watershed)[1:], np.unique(watershed)[1:] % 5], axis=1)
     np.save(tmp_path / "bodies.npy", table)
     url = write_volume(f"file://{tmp_path}/watershed", watershed)
-    segmentation = {"watershed": url, "agglomeration": f"file://{tmp_path}/bodies.npy", "chunk_size": [8, 8, 4]}
+    segmentation = {"watershed": url, "agglomeration": f"file://{tmp_path}/bodies.npy", "chunk_size": [16, 16, 16]}
     ctx = make_context(tmp_path, segmentation, depth=16)
     endpoints = set()
     for stage in STAGES:

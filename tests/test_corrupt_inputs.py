@@ -37,13 +37,13 @@ from emprocess.pyramid.writers import ALIGNED_CHUNKS, open_zarr, zyx
 from emprocess.stages import InputError
 from emprocess.workflow.local_run import service
 
-SHAPE, CHUNK, STORAGE = (24, 20, 16), [8, 8, 8], (8, 8, 8)
-FIRST_CHUNK = "8_8_8/0-8_0-8_0-8"  # the watershed's storage chunk under graph chunk (0, 0, 0)
+SHAPE, CHUNK, STORAGE = (48, 40, 32), [16, 16, 16], (16, 16, 16)
+FIRST_CHUNK = "8_8_8/0-16_0-16_0-16"  # the watershed's storage chunk under graph chunk (0, 0, 0)
 MESH_STAGE = {stage.name: stage for stage in MESH_STAGES}
 
 
 def write_watershed(url: str, labels: np.ndarray, encoding: str) -> str:
-    """A single-scale precomputed segmentation with 8³ storage chunks."""
+    """A single-scale precomputed segmentation with 16³ storage chunks."""
     scale = {"size": list(labels.shape), "voxel_offset": [0, 0, 0], "resolution": [8, 8, 8],
              "chunk_size": list(STORAGE), "encoding": encoding}
     if encoding == "compressed_segmentation":
@@ -91,7 +91,7 @@ def test_a_corrupt_watershed_chunk_fails_layer2_naming_the_volume_and_chunk(tmp_
     spoil(tmp_path / "watershed" / FIRST_CHUNK, how)
     with pytest.raises(InputError) as excinfo:
         STAGE["cg.layer2"].work(task(ctx, "cg.layer2", "2_0_0_0"))
-    assert f"volume file://{tmp_path}/watershed, voxels [0, 0, 0] to [8, 8, 8]" in message_of(excinfo)
+    assert f"volume file://{tmp_path}/watershed, voxels [0, 0, 0] to [16, 16, 16]" in message_of(excinfo)
     assert f"{tmp_path}/watershed/{FIRST_CHUNK}" in message_of(excinfo)
     assert not storage.exists(chunk_url(ctx.locations.chunkedgraph, 2, (0, 0, 0)))
     # a chunk whose reads miss the spoilt one still builds
@@ -186,7 +186,7 @@ def test_a_corrupt_supervoxel_chunk_fails_flatten_naming_the_volume(built):
     ctx = built
     supervoxels = storage.join(ctx.locations.chunkedgraph, "supervoxels")
     spoil(local(supervoxels) / FIRST_CHUNK, "garbage")
-    with pytest.raises(InputError, match=f"volume {re.escape(supervoxels)}, voxels .*0-8_0-8_0-8"):
+    with pytest.raises(InputError, match=f"volume {re.escape(supervoxels)}, voxels .*0-16_0-16_0-16"):
         STAGE["cg.flatten"].work(task(ctx, "cg.flatten", "0_0_0"))
 
 
@@ -346,5 +346,5 @@ def test_the_service_answers_422_naming_the_corrupt_watershed_chunk(tmp_path):
         response = requests.post(base + STAGE["cg.layer2"].endpoint, json=payload, timeout=120)
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]
-    assert f"volume file://{tmp_path}/watershed, voxels [0, 0, 0] to [8, 8, 8]" in detail
+    assert f"volume file://{tmp_path}/watershed, voxels [0, 0, 0] to [16, 16, 16]" in detail
     assert FIRST_CHUNK in detail

@@ -108,7 +108,7 @@ def test_a_chunkedgraph_run_reads_its_supervoxels_from_a_bucket_and_writes_the_g
     np.save(table_bytes, table)
     storage.write(storage.join(source, "bodies.npy"), table_bytes.getvalue())
     segmentation = {"watershed": write_watershed(storage.join(source, "watershed"), watershed),
-                    "agglomeration": storage.join(source, "bodies.npy"), "chunk_size": [16, 16, 4]}
+                    "agglomeration": storage.join(source, "bodies.npy"), "chunk_size": [16, 16, 16]}
     conf = {"id": f"graph-{scheme}", "image": "img%03d.png", "minz": 0, "maxz": 11, "source": source,
             "stages": ["chunkedgraph", "meshing"], "segmentation": segmentation}
 

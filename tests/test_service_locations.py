@@ -91,7 +91,7 @@ def payloads(root: str) -> dict[str, dict]:
         "/ngtop": {"seed": f"{root}/seed", "jpeg": f"{root}/jpeg", "raw": f"{root}/raw", "layout": layout,
                    "jpeg_quality": 90},
         "/cg/meta": {"graph": f"{root}/graph", "watershed": f"{root}/ws", "supervoxels": f"{root}/sv",
-                     "agglomeration": f"{root}/agg.npy", "chunk_size": [32, 32, 4], "test": False,
+                     "agglomeration": f"{root}/agg.npy", "chunk_size": [32, 32, 16], "test": False,
                      "transforms": f"{root}/transforms.json", "require_transforms": False},
         "/cg/layer2": {**graph, "layer": 2, "watershed": f"{root}/ws", "supervoxels": f"{root}/sv"},
         "/cg/layer": {**graph, "layer": 3},

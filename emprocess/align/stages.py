@@ -27,7 +27,6 @@ from emprocess import storage
 from emprocess.align.collect import collect
 from emprocess.align.images import image_size
 from emprocess.align.register import register_run
-from emprocess.config import run_key
 from emprocess.payloads import MAX_URLS, Index, Location, Payload, takes
 from emprocess.stages import MiniTask, RunContext, Stage
 
@@ -97,7 +96,6 @@ def plan_collect(ctx: RunContext) -> list[MiniTask]:
     if not ctx.wants("align"):
         return []
     conf = ctx.conf
-    reuse = conf.reuse_alignment
     payload = {
         "process": ctx.locations.process,
         "minz": conf.minz,
@@ -105,7 +103,7 @@ def plan_collect(ctx: RunContext) -> list[MiniTask]:
         "source": conf.source,
         "image": conf.image,
         "skip_align": conf.skip_align,
-        "reuse": storage.run_locations(conf.source, run_key(reuse, conf.source)).process if reuse else None,
+        "reuse": conf.reused_process(),
         "pairs": [ctx.cache_url(PAIRS.name, task["key"]) for task in plan_pairs(ctx)],
     }
     return [{"key": "collect", "payload": payload}]

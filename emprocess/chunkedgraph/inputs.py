@@ -29,10 +29,9 @@ from emprocess.chunkedgraph import volumes
 from emprocess.chunkedgraph.agglomeration import load_table
 from emprocess.chunkedgraph.ids import IdLayout, layer_count
 from emprocess.chunkedgraph.layers import MAX_LAYERS
-from emprocess.config import ConfError, run_key
+from emprocess.config import CHUNK_SIDES, ConfError
 from emprocess.stages import InputError, RunContext
 
-MAX_CHUNK_SIDE = 4096
 # Every layer-2 chunk is a cg.layer2 and a cg.flatten mini-task with its cache file, all listed by
 # their plans: past 2^21 chunks (at 256³ chunks, a volume of 3.5·10^13 voxels) the run's bookkeeping
 # outweighs its work; a larger chunk_size builds the same graph.
@@ -41,13 +40,13 @@ SAMPLED_CHUNKS = 16
 
 
 def check_chunk_size(value) -> tuple[int, int, int]:
+    """The conf's bounds, checked again for a payload that did not come through the conf."""
+    low, high = CHUNK_SIDES
     if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(isinstance(v, int) for v in value):
         raise InputError(f"segmentation.chunk_size must be three integers, got {value!r}")
-    for v in value:
-        if v <= 0 or v & (v - 1):
-            raise InputError(f"segmentation.chunk_size entries must be positive powers of two, got {list(value)}")
-    if max(value) > MAX_CHUNK_SIDE:
-        raise InputError(f"segmentation.chunk_size entries must be at most {MAX_CHUNK_SIDE}, got {list(value)}")
+    if any(not low <= v <= high or v & (v - 1) for v in value):
+        raise InputError(f"segmentation.chunk_size entries must be powers of two from {low} to {high}, "
+                         f"got {list(value)}")
     return tuple(value)
 
 
@@ -136,9 +135,7 @@ def frame_before_alignment(ctx: RunContext, slices: dict) -> Frame | None:
         return transforms_frame(own, ctx.wants("pyramid"))
     depth = len(conf.z_range)
     if conf.reuse_alignment:
-        reused = transforms_frame(
-            transforms_url(storage.run_locations(conf.source, run_key(conf.reuse_alignment, conf.source)).process),
-            required=True)
+        reused = transforms_frame(transforms_url(conf.reused_process()), required=True)
         return Frame((*reused.size[:2], depth), f"the width and height of {reused.source}, {depth} slices")
     width, height = slices["width"], slices["height"]
     if conf.skip_align or conf.minz == conf.maxz:

@@ -17,12 +17,12 @@ from emprocess import storage
 from emprocess.align import transforms_url
 from emprocess.batch import stage_status
 from emprocess.chunkedgraph.flatten import flatten_chunk
-from emprocess.chunkedgraph.inputs import MAX_CHUNK_SIDE
 from emprocess.chunkedgraph.layer2 import build_layer2_chunk
 from emprocess.chunkedgraph.layers import MAX_LAYERS
 from emprocess.chunkedgraph.meta import GraphMeta, chunk_url, read_meta
 from emprocess.chunkedgraph.parents import build_parent_chunk
 from emprocess.chunkedgraph.prepare import prepare_graph
+from emprocess.config import CHUNK_SIDES
 from emprocess.payloads import Coords, Location, Payload, takes
 from emprocess.stages import MiniTask, RunContext, Stage
 
@@ -36,7 +36,8 @@ class GraphMetaPayload(Payload):
     watershed: Location
     supervoxels: Location
     agglomeration: Location | None = None
-    chunk_size: Annotated[list[Annotated[int, Field(le=MAX_CHUNK_SIDE)]], Field(min_length=3, max_length=3)]
+    chunk_size: Annotated[list[Annotated[int, Field(ge=CHUNK_SIDES[0], le=CHUNK_SIDES[1])]],
+                          Field(min_length=3, max_length=3)]
     test: bool = False
     transforms: Location
     require_transforms: bool
