@@ -59,7 +59,7 @@ CASES = [Case(name, change, damage, expected if isinstance(expected, tuple) else
     ("minz not a whole number", lambda c: c.update(minz=0.5), None, "minz"),
     ("minz as a float", lambda c: c.update(minz=0.0), None, "minz"),
     ("chunk size below 16", lambda c: c.update(segmentation={"watershed": c["source"], "chunk_size": [8, 8, 8]}), None,
-     "at least 16"),
+     "chunk_size"),
     ("chunk size above 4096",
      lambda c: c.update(segmentation={"watershed": c["source"], "chunk_size": [8192, 8192, 8192]}), None, "chunk_size"),
     ("mesh simplification factor above 100",
