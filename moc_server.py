@@ -1,16 +1,19 @@
 """A fast fake of both services (fiji and emwrite) for dry runs and fault drills.
 
-Every service endpoint answers a valid, deterministic response without reading or writing data:
-``/align`` reports identity models found for every pair (slice size from ``--slice-size``), every
-other endpoint acknowledges the mini-task. ``--fail-rate`` answers that fraction of calls with 503
-(seeded, so a drill is repeatable) and ``--latency`` delays every answer, to exercise the batch
-operator's retries and the pools. Point both connections at it:
+Every endpoint of the stage table (``emprocess.registry``) is served: it checks the payload against
+the stage's payload model, as the real service does (422 naming the field), and answers an instance
+of the stage's result model without reading or writing data: ``/align`` reports identity models
+found for every pair (slice size from ``--slice-size``), every other endpoint the result model's
+least value (zeros, empty lists, no files written). ``--fail-rate`` answers that fraction of calls
+with 503 (seeded, so a drill is repeatable) and ``--latency`` delays every answer, to exercise the
+batch operator's retries and the pools. Point both connections at it:
 
     python moc_server.py --port 8000 --fail-rate 0.1 --latency 0.2
     AIRFLOW_CONN_ALIGN_CLOUD_RUN=http://127.0.0.1:8000 AIRFLOW_CONN_IMG_WRITE=http://127.0.0.1:8000
 
-Stages run by the real services (pyramid, ChunkedGraph) write nothing here, so a dry run checks the
-orchestration, not the outputs.
+A dry run checks the orchestration, not the outputs: alignment, warp and pyramid run through (the
+in-process stages write the transforms and the report), while a ChunkedGraph cannot, as its layers
+are planned from the graph meta that ``cg.meta`` writes.
 """
 
 from __future__ import annotations
@@ -19,9 +22,16 @@ import argparse
 import random
 import threading
 import time
+import types
+import typing
 
 import uvicorn
 from fastapi import Body, FastAPI, HTTPException
+from pydantic import BaseModel
+
+from emprocess import registry
+from emprocess.errors import InputError
+from emprocess.stages import Stage
 
 IDENTITY = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
 
@@ -30,7 +40,7 @@ def fake_pair(width: int, height: int) -> dict:
     model = {"found": True, "matrix": IDENTITY, "inliers": 100, "residual_px": 0.0}
     return {
         "size1": [width, height], "size2": [width, height], "features1": 1000, "features2": 1000,
-        "candidates": 200, "attempts": 1, "affine": dict(model), "translation": dict(model),
+        "candidates": 200, "attempts": 1, "attempt": 1, "affine": dict(model), "translation": dict(model),
     }
 
 
@@ -38,6 +48,45 @@ def fake_align(payload: dict, width: int, height: int) -> dict:
     if "images" in payload:
         return {"pairs": [{"z": z, **fake_pair(width, height)} for z in payload["z"][:-1]]}
     return fake_pair(width, height)
+
+
+def least(annotation, constraints=()) -> object:
+    """The least value of a type that meets its constraints: 0 (or its lower bound), "", False, a
+    list of as few least items as it may hold, {}, None when optional, a model of least fields."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        base, *metadata = typing.get_args(annotation)
+        return least(base, (*constraints, *metadata))
+    bounds = [c for m in constraints for c in (getattr(m, "metadata", None) or [m])]
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        return None if type(None) in args else least(args[0], constraints)
+    if origin is typing.Literal:
+        return typing.get_args(annotation)[0]
+    if origin in (list, tuple, set):
+        length = max([getattr(c, "min_length", 0) or 0 for c in bounds], default=0)
+        return [least(typing.get_args(annotation)[0]) for _ in range(length)]
+    if origin is dict:
+        return {}
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return least_model(annotation)
+    if annotation in (int, float):
+        low = max([b for c in bounds for b in (getattr(c, "ge", None), getattr(c, "gt", None)) if b is not None],
+                  default=0)
+        return annotation(low) + (1 if any(getattr(c, "gt", None) is not None for c in bounds) else 0)
+    return {str: "", bool: False}.get(annotation)
+
+
+def least_model(model: type[BaseModel]) -> dict:
+    return {name: least(field.annotation, field.metadata) if field.is_required()
+            else field.get_default(call_default_factory=True)
+            for name, field in model.model_fields.items()}
+
+
+def fake_reply(stage: Stage, payload: dict, slice_size: tuple[int, int]) -> dict:
+    """A valid result of ``stage`` for ``payload`` (checked against the result model)."""
+    reply = fake_align(payload, *slice_size) if stage.name == "align.pairs" else least_model(stage.result)
+    return stage.parse_result(reply).model_dump(mode="json")
 
 
 def build_app(fail_rate: float = 0.0, latency: float = 0.0, seed: int = 0,
@@ -57,16 +106,23 @@ def build_app(fail_rate: float = 0.0, latency: float = 0.0, seed: int = 0,
     def healthz() -> dict:
         return {"ok": True, "service": "moc"}
 
-    @app.post("/align")
-    def align(payload: dict = Body(...)) -> dict:
-        maybe_fail()
-        return fake_align(payload, *slice_size)
+    def endpoint(stage: Stage):
+        def answer(payload: dict = Body(...)) -> dict:
+            maybe_fail()
+            try:
+                stage.parse_payload(payload)
+            except InputError as err:
+                raise HTTPException(status_code=422, detail=str(err)) from None
+            return fake_reply(stage, payload, slice_size)
 
-    @app.post("/{endpoint:path}")
-    def acknowledge(endpoint: str, payload: dict = Body(...)) -> dict:
-        maybe_fail()
-        return {"moc": True, "endpoint": "/" + endpoint, "keys": sorted(payload)}
+        return answer
 
+    served: dict[str, Stage] = {}
+    for stage in registry.table():
+        if stage.service is not None:
+            served.setdefault(stage.endpoint, stage)
+    for path, stage in served.items():
+        app.post(path, name=stage.name)(endpoint(stage))
     return app
 
 

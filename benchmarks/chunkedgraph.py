@@ -134,7 +134,7 @@ def run_job(args: tuple[str, dict]) -> tuple[dict, float, float, float]:
     stage = registry.get(name)
     before = _reset_peak()
     start = time.perf_counter()
-    result = stage.work(payload)
+    result = stage.execute(payload)
     return result, time.perf_counter() - start, before, _status_mb("VmHWM")
 
 

@@ -7,7 +7,7 @@ Prints figures, no pass/fail. Targets (issue #15): parsing the DAG file (all six
 a task process's start-up ≤ 1 CPU-s (our part: parsing its DAG, beyond importing Airflow), the
 real-scheduler run within 3 min and 3× its dag.test time, a refused conf's run failed within 30 s of
 its trigger.
-The deployment is the tests' (tests/real_airflow.py: PostgreSQL, api-server, scheduler, dag-processor,
+The deployment is the tests' (tests/support/airflow_deployment.py: PostgreSQL, api-server, scheduler, dag-processor,
 LocalExecutor with 4 task processes at once), so it needs Debian's postgresql.
 """
 
@@ -66,8 +66,9 @@ def main() -> None:
 
     from emprocess.config import parse_conf
     from emprocess.sample import write_sample
-    from emprocess.workflow.local_run import SERVICES, allowed_prefixes, service
-    from real_airflow import deployment
+    from emprocess.registry import SERVICES
+    from emprocess.workflow.local_run import allowed_prefixes, service
+    from support.airflow_deployment import deployment
 
     work = Path(tempfile.mkdtemp(prefix="emprocess-orchestration-"))
     conf = write_sample(work / "sample", size=args.size, n_slices=args.slices, seed=1)
@@ -80,8 +81,8 @@ def main() -> None:
     if local.returncode != 0:
         raise SystemExit(f"emprocess run failed:\n{local.stderr[-3000:]}")
     with ExitStack() as stack:
-        connections = {f"AIRFLOW_CONN_{conn_id}": stack.enter_context(
-            service(name, allowed_prefixes(parse_conf(conf)), work)) for name, (conn_id, _) in SERVICES.items()}
+        connections = {f"AIRFLOW_CONN_{svc.connection}": stack.enter_context(
+            service(svc.name, allowed_prefixes(parse_conf(conf)), work)) for svc in SERVICES.values()}
         airflow = stack.enter_context(deployment({**connections, "AIRFLOW__CORE__PARALLELISM": "4"}))
         dag = dag_id(args.width)
         real_seconds, state = run_seconds(airflow, dag, conf)

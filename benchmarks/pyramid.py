@@ -57,11 +57,10 @@ import cv2
 import numpy as np
 
 from emprocess.cpus import usable_cpus
-from emprocess.pyramid.aligned import write_aligned_slice
 from emprocess.pyramid.downsample import mean2
 from emprocess.pyramid.layout import PyramidLayout
 from emprocess.pyramid.meta import write_info
-from emprocess.pyramid.stages import write_shard
+from emprocess.pyramid.stages import SHARD, WARP
 from emprocess.pyramid.writers import ALIGNED_CHUNKS, open_zarr
 
 QUALITY = 90
@@ -209,7 +208,7 @@ def shard_child(job: dict) -> dict:
     payload = shard_payload(work, job["depth"], job["raw"])
 
     def run() -> None:
-        write_shard(payload)
+        SHARD.execute(payload)
 
     floor = (lambda: jpeg_floor(payload["aligned"], job["depth"])) if job["floor"] else None
     return cold_and_warm(run, CORES, lambda: clear_shard_output(work, payload), job["warm_runs"], floor)
@@ -328,12 +327,12 @@ def big_slice(work: Path, side: int) -> dict:
             "transform": [[np.cos(angle), -np.sin(angle), 150.0], [np.sin(angle), np.cos(angle), 50.0]],
             "width": side + 300, "height": side + 300, "depth": 1, "z_index": 0, "clip_limit": 0.02,
             "aligned": f"file://{work}/big/aligned", "thumbnail": f"file://{work}/big/thumbnail.png",
-            "intensity": {"url": f"file://{work}/big/intensity.json", "sample": [url], "writer": True}}
+            "intensity": f"file://{work}/big/intensity.json"}
 
 
 def warp_child(payload: dict) -> dict:
     def run() -> None:
-        write_aligned_slice(payload)
+        WARP.execute(payload)
 
     return {**measured(run), "cores": CORES}
 

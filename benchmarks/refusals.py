@@ -1,5 +1,5 @@
 """How soon a bad input is refused, as a user meets it: every case of the bad-input catalogue
-(tests/refusals_catalogue.py, as it stands when this starts) through ``emprocess --quiet run`` in a
+(tests/support/refusals/, as it stands when this starts) through ``emprocess --quiet run`` in a
 fresh process, imports included. Prints per case its exit status and wall seconds, then the median
 and the max; it asserts nothing (tests/test_refusals.py checks the statuses and messages).
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from refusals import Case, arguments, spoiled  # noqa: E402
+from support.refusals import Case, arguments, spoiled  # noqa: E402
 
 EMPROCESS = Path(sys.executable).with_name("emprocess")  # the console script beside this interpreter
 PATIENCE = 120  # seconds before a case that has not ended is stopped and reported
@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     if not EMPROCESS.exists():
         sys.exit(f"{EMPROCESS} not found: run this with the interpreter of the venv emprocess is installed in")
-    from refusals_catalogue import CATALOGUE
+    from support.refusals.catalogue import CATALOGUE
 
     cases = [case for case in CATALOGUE if args.k.lower() in case.name.lower()]
     print(f"{len(cases)} cases, each through {EMPROCESS.name} --quiet run in a fresh process")

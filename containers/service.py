@@ -1,8 +1,9 @@
 """Build a service's FastAPI app from the stages registered for it.
 
-Each stage's endpoint takes its mini-task payload, validated against the stage's payload model
-(its schema is the endpoint's request schema in OpenAPI), and answers ``work(payload)``. What a
-request may do, and how each refusal answers (callers retry only 5xx and 429):
+Each stage's endpoint takes its mini-task payload, validated against the stage's payload model, and
+answers ``work(payload)``, the stage's result model: both are the endpoint's schemas in OpenAPI. What
+a request may do, and how each refusal answers (``errors.http_status``; callers retry only 5xx and
+429):
 
 - 413: a body over ``EMPROCESS_MAX_BODY_BYTES``, or a call whose memory estimate exceeds what this
   service gives one call (``EMPROCESS_MEMORY_LIMIT`` / ``EMPROCESS_CONCURRENT_REQUESTS``);
@@ -25,45 +26,43 @@ import logging
 import threading
 from contextlib import asynccontextmanager
 
-from fastapi import Body, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from containers.limits import BodyLimits
 from containers.settings import MAX_JSON_DEPTH, Settings
 from emprocess import __version__, registry, storage
-from emprocess.config import ConfError
-from emprocess.redact import redact, redact_logs
+from emprocess.errors import http_status
 from emprocess.payloads import describe_errors
-from emprocess.stages import InputError, Stage
+from emprocess.redact import redact, redact_logs
+from emprocess.stages import Stage
 
 log = logging.getLogger("emprocess.service")
 
 
 def _handler(stage: Stage, settings: Settings, admission: threading.Semaphore):
-    def handle(payload=Body(...)) -> dict:
-        data = payload.model_dump(mode="json") if stage.payload else payload
+    def handle(payload):
         try:
             if stage.memory is not None:
-                _check_memory(stage, data, settings)
+                _check_memory(stage, payload, settings)
             with admission:
-                return stage.work(data)
-        except FileNotFoundError as err:
-            raise HTTPException(status_code=404, detail=redact(str(err))) from None
-        except (InputError, ConfError, storage.StorageError) as err:
-            raise HTTPException(status_code=422, detail=redact(str(err))) from None
-        except ValueError as err:  # a volume tensorstore cannot open or read as asked
-            if not storage.is_permanent(err):
+                return stage.work(payload)
+        except HTTPException:
+            raise
+        except Exception as err:
+            status = http_status(err)
+            if status is None:  # the service's own fault: a 500, which the caller retries
                 raise
-            raise HTTPException(status_code=422, detail=redact(str(err))) from None
+            raise HTTPException(status_code=status, detail=redact(str(err))) from None
 
     handle.__name__ = stage.name.replace(".", "_")
     handle.__doc__ = (stage.work.__doc__ or "").strip().split("\n")[0] or stage.name
-    handle.__annotations__ = {"payload": stage.payload or dict, "return": dict}
+    handle.__annotations__ = {"payload": stage.payload, "return": stage.result}
     return handle
 
 
-def _check_memory(stage: Stage, payload: dict, settings: Settings) -> None:
+def _check_memory(stage: Stage, payload, settings: Settings) -> None:
     needed = stage.memory(payload)
     if needed > settings.memory_per_call:
         raise HTTPException(status_code=413, detail=(
@@ -106,7 +105,7 @@ def build_app(service: str, stages: list[Stage] | None = None) -> FastAPI:
     for stage in registry.for_service(service) if stages is None else stages:
         served.setdefault(stage.endpoint, stage)  # graph and mesh layers share one endpoint and work
     for endpoint, stage in served.items():
-        app.post(endpoint, name=stage.name)(_handler(stage, settings, admission))
+        app.post(endpoint, name=stage.name, response_model=stage.result)(_handler(stage, settings, admission))
     if not settings.allowed_prefixes:
         log.warning("EMPROCESS_ALLOWED_PREFIXES is empty: every request with a URL will be refused")
     return app

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from emprocess import storage
+from emprocess.run_layout import CACHE_SUFFIX
 from emprocess.stages import MiniTask, RunContext, Stage, share
 
 log = logging.getLogger("emprocess.batch")
@@ -103,20 +104,21 @@ def run_and_cache(stage: Stage, ctx: RunContext, task: MiniTask, call: Callable[
     """Run one mini-task, check its output, and cache its result with when it ran and for how long."""
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
     clock = time.perf_counter()
-    result = call(task)
+    result = stage.parse_result(call(task))  # a service's answer is held to the stage's result model too
     seconds = round(time.perf_counter() - clock, 3)
-    if stage.check is not None and not stage.check(task["payload"], result):
+    if stage.check is not None and not stage.check(stage.parse_payload(task["payload"]), result):
         raise OutputCheckError(f"{stage.name} {task['key']}: output check failed")
-    if TIMING in result:
+    entry = result.model_dump(mode="json")
+    if TIMING in entry:
         raise ValueError(f"{stage.name} {task['key']}: a result may not hold the cache's own key {TIMING!r}")
-    entry = {**result, TIMING: {"started": started, "seconds": seconds}}
+    entry[TIMING] = {"started": started, "seconds": seconds}
     storage.write_json(ctx.cache_url(stage.name, task["key"]), entry)
     return entry
 
 
 def run_in_process(stage: Stage, ctx: RunContext, worker: int, width: int, **kwargs) -> ShareSummary:
     """Execute the share with the stage's own ``work`` (CLI ``emprocess work``, Kubernetes pods, tests)."""
-    return run_share(stage, ctx, worker, width, lambda task: stage.work(task["payload"]), **kwargs)
+    return run_share(stage, ctx, worker, width, lambda task: stage.execute(task["payload"]), **kwargs)
 
 
 def stage_status(ctx: RunContext, stages: list[Stage]) -> dict[str, dict]:
@@ -136,6 +138,6 @@ def stage_status(ctx: RunContext, stages: list[Stage]) -> dict[str, dict]:
         if not keys:  # no cache to list
             report[stage.name] = {"done": 0, "total": 0}
             continue
-        cached = {name.removesuffix(".json") for name in storage.listdir(ctx.cache_dir(stage.name))}
+        cached = {name.removesuffix(CACHE_SUFFIX) for name in storage.listdir(ctx.cache_dir(stage.name))}
         report[stage.name] = {"done": sum(key in cached for key in keys), "total": len(keys)}
     return report

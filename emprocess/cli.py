@@ -11,8 +11,8 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-from emprocess.config import ConfError
-from emprocess.stages import InputError
+from emprocess.errors import ConfError, is_bad_input
+from emprocess.workflow import WIDTHS
 
 
 def _load_conf(path: str) -> dict:
@@ -76,14 +76,14 @@ def _print_outputs(conf: dict, run_id: str) -> None:
     from emprocess.stages import RunContext
 
     ctx = RunContext.create(conf, run_id)
-    complete = storage.read_json(storage.join(ctx.locations.process, "complete.json"))
+    complete = storage.read_json(ctx.locations.complete)
     print(f"  process location: {ctx.locations.process}")
     for name, url in complete["outputs"].items():
         if url:
             print(f"  {name}: {url}")
     if "neuroglancer" in complete:
         print(f"  neuroglancer: {complete['neuroglancer']}")
-    print(f"  report: {storage.join(ctx.locations.process, 'report.html')}")
+    print(f"  report: {ctx.locations.report('html')}")
 
 
 def cmd_run(args) -> int:
@@ -135,7 +135,7 @@ def cmd_work(args) -> int:
     except ValueError as err:
         raise ConfError(str(err)) from None
     stage = registry.get(f"cg.layer{args.layer}")
-    run_and_cache(stage, ctx, task, lambda task: stage.work(task["payload"]))
+    run_and_cache(stage, ctx, task, lambda task: stage.execute(task["payload"]))
     print(f"{stage.name} chunk {task['key']} rebuilt")
     return 0
 
@@ -146,9 +146,16 @@ def cmd_status(args) -> int:
     from emprocess.stages import RunContext
 
     ctx = RunContext.create(_load_conf(args.conf), args.run_id)
-    for name, counts in stage_status(ctx, list(registry.stages().values())).items():
+    for name, counts in stage_status(ctx, registry.pipeline()).items():
         total = "not planned yet" if counts["total"] is None else counts["total"]
         print(f"{name:16s} {counts['done']}/{total}")
+    return 0
+
+
+def cmd_stages(args) -> int:
+    from emprocess import registry
+
+    print(registry.markdown(), end="")
     return 0
 
 
@@ -158,7 +165,7 @@ def cmd_report(args) -> int:
     from emprocess.stages import RunContext
 
     ctx = RunContext.create(_load_conf(args.conf), args.run_id)
-    urls = write_report(ctx, list(registry.stages().values()))
+    urls = write_report(ctx, registry.pipeline())
     print(f"report written: {urls['html']} (data: {urls['json']})")
     return 0
 
@@ -200,14 +207,14 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("run", help="run one DAG run locally (temp Airflow, local services)")
     p.add_argument("conf", help="run conf JSON file")
-    p.add_argument("--width", type=int, default=1, choices=(1, 4, 16, 32, 64, 128))
+    p.add_argument("--width", type=int, default=1, choices=WIDTHS)
     p.add_argument("--resume", metavar="RUN_ID", help="resume this earlier run (skips finished work)")
     p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="write the sample stack and run it end to end")
     p.add_argument("dir")
-    p.add_argument("--width", type=int, default=1, choices=(1, 4, 16, 32, 64, 128))
+    p.add_argument("--width", type=int, default=1, choices=WIDTHS)
     p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=cmd_demo)
 
@@ -229,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conf", required=True)
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("stages", help="list the stages a run takes: DAG task, workers, service, pool")
+    p.set_defaults(func=cmd_stages)
+
     p = sub.add_parser("report", help="write a run's report.html and report.json (any run: finished, failed "
                                       "or running)")
     p.add_argument("run_id")
@@ -249,7 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ConfError, InputError) as err:  # bad conf or input data: one line per refused key, no traceback
+    except Exception as err:
+        if not is_bad_input(err):
+            raise
+        # bad conf or input data (also a missing or corrupt file a worker meets): one line per refused
+        # key, no traceback, status 2 as retrying cannot mend it
         problems = err.problems if isinstance(err, ConfError) else []
         lines = [f"error: invalid run conf: {problem}" for problem in problems] or [f"error: {err}"]
         print("\n".join(lines), file=sys.stderr)

@@ -11,7 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
-from emprocess import storage
+from emprocess import run_layout, storage
+from emprocess.errors import ConfError  # noqa: F401  (re-exported: the conf's own error)
 
 STAGES = ("align", "pyramid", "chunkedgraph", "meshing")
 RUN_KEY_MAX = 40  # longer run ids are cut and end in a digest
@@ -24,15 +25,6 @@ CHUNK_SIDES = (16, 4096)  # ChunkedGraph chunk side, voxels: smaller chunks make
 # a 4096² × 64 chunk is 8 GiB of ids
 MAX_DOWNSAMPLE = 64
 MIN_ALIGN_SIDE = 64  # px a side a slice keeps once downsampled for alignment: fewer hold too few SIFT features
-
-
-class ConfError(ValueError):
-    """An invalid run conf or input; the message names the key, slice or URL. ``problems``: one line
-    per refused key, when the conf had several."""
-
-    def __init__(self, message: str, problems: list[str] | None = None):
-        super().__init__(message)
-        self.problems = problems or []
 
 
 class MeshConf(BaseModel):
@@ -189,7 +181,7 @@ class RunConf(BaseModel):
         """The process location of the run named by ``reuse_alignment``, where its transforms are."""
         if self.reuse_alignment is None:
             return None
-        return storage.run_locations(self.source, run_key(self.reuse_alignment, self.source)).process
+        return run_layout.run_locations(self.source, run_key(self.reuse_alignment, self.source)).process
 
     def to_json(self) -> dict:
         """The conf as given keys (aliases), with defaults filled in."""
@@ -231,7 +223,7 @@ def run_key(run_id: str, source: str) -> str:
     cleaned = re.sub(r"[^a-z0-9]+", "-", run_id.lower()).strip("-")
     if not cleaned:
         raise ConfError(f"run id {run_id!r} has no usable characters")
-    room = storage.run_key_room(source)
+    room = run_layout.run_key_room(source)
     limit = RUN_KEY_MAX if room is None else min(RUN_KEY_MAX, room)
     if limit < DIGEST_LENGTH:
         bucket = storage.parse(source).bucket

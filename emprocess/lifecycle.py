@@ -36,7 +36,7 @@ def create_env(ctx: RunContext) -> dict:
     """Create the run's buckets/folders and write ``init.json`` unless a resumed run wrote it."""
     for location in ctx.locations.all():
         storage.ensure_location(location, project=ctx.conf.project)
-    init_url = storage.join(ctx.locations.process, "init.json")
+    init_url = ctx.locations.init
     if storage.exists(init_url):
         return storage.read_json(init_url)
     init = {
@@ -72,5 +72,5 @@ def publish(ctx: RunContext) -> dict:
     viewed = complete["outputs"]["jpeg"], complete["outputs"]["segmentation"]
     if ctx.conf.public and storage.parse(ctx.locations.ng).scheme != "file" and any(viewed):
         complete["neuroglancer"] = neuroglancer_url(viewed[0], segmentation_url=viewed[1])
-    storage.write_json(storage.join(ctx.locations.process, "complete.json"), complete)
+    storage.write_json(ctx.locations.complete, complete)
     return complete

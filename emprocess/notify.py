@@ -13,7 +13,6 @@ from html import escape
 
 from emprocess import storage
 from emprocess.config import EMAIL_PATTERN, ConfError
-from emprocess.report import REPORT_FILES
 from emprocess.stages import RunContext
 
 
@@ -60,9 +59,9 @@ def _locations(ctx: RunContext) -> str:
     """Report, outputs and neuroglancer link, as ``publish`` recorded them (complete.json), or the
     run's process location when it did not get that far."""
     process = ctx.locations.process
-    report = storage.join(process, REPORT_FILES["html"])
+    report = ctx.locations.report("html")
     rows = [("report", report)] if storage.exists(report) else [("process location", process)]
-    complete = storage.read_json_if_exists(storage.join(process, "complete.json"))
+    complete = storage.read_json_if_exists(ctx.locations.complete)
     if complete:
         rows += [(name, url) for name, url in complete["outputs"].items() if url]
         if complete.get("neuroglancer"):

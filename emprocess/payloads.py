@@ -1,21 +1,19 @@
-"""What a mini-task's payload is made of, and how a work function declares and checks its own.
+"""What a mini-task's payload is made of.
 
 Each stage's payload is a pydantic model built from these types, strict (no coercion) and closed (no
-unknown keys), so a malformed payload is an InputError naming each bad field, whether the work runs
-behind a service, in-process or in a test; the services publish the models as their request
-schemas. Every size is bounded before anything is read or allocated.
+unknown keys), so a malformed payload is an InputError naming each bad field (``Stage.parse_payload``),
+whether the work runs behind a service, in-process or in a test; the services publish the models as
+their request schemas. Every size is bounded before anything is read or allocated.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Annotated, Callable
+from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from emprocess import storage
 from emprocess.redact import redact
-from emprocess.stages import InputError
 
 # Far above any EM volume (a 10⁶-pixel axis, 2³¹ slices), far below what would overflow the arithmetic.
 MAX_AXIS = 1 << 20
@@ -53,29 +51,6 @@ class Layout(Payload):
                             Field(min_length=3, max_length=3)]
     resolution: Annotated[list[Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)]],
                           Field(min_length=3, max_length=3)]
-
-
-def validated(model: type[Payload], payload: dict) -> dict:
-    """``payload`` checked against ``model`` and normalised (locations as storage spells them); an
-    InputError naming each bad field otherwise."""
-    try:
-        return model.model_validate(payload).model_dump(mode="json")
-    except ValidationError as err:
-        raise InputError(describe(err)) from None
-
-
-def takes(model: type[Payload]):
-    """Declare a work function's payload model: whichever way it runs (service, in-process, test), it
-    sees only payloads that passed ``validated``. The service reads the model for its API schema."""
-    def declare(work: Callable[[dict], dict]) -> Callable[[dict], dict]:
-        @functools.wraps(work)
-        def checked(payload: dict) -> dict:
-            return work(validated(model, payload))
-
-        checked.payload = model
-        return checked
-
-    return declare
 
 
 def describe(err: ValidationError) -> str:

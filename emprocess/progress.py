@@ -157,7 +157,7 @@ def shown_while_running(ctx: RunContext, stream: TextIO, interval: float = POLL_
     from emprocess.batch import stage_status
 
     view = ProgressView(stream, terminal=stream.isatty())
-    stages = list(registry.stages().values())
+    stages = registry.pipeline()
     finished: set[str] = set()
     ended = threading.Event()
     last_error = None

@@ -15,6 +15,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from emprocess.pyramid.viewer import neuroglancer_url
+from emprocess.run_layout import COMPLETE_FILE, process_suffix
 
 RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)$")
 
@@ -79,7 +80,7 @@ def viewer_links(directory: str, base_url: str) -> list[tuple[str, str]]:
         path = Path(url.removeprefix("file://"))
         return f"{base_url.rstrip('/')}/{path.relative_to(root).as_posix()}" if path.is_relative_to(root) else None
 
-    runs = [json.loads(marker.read_text()) for marker in root.glob("*_process/*/complete.json")]
+    runs = [json.loads(marker.read_text()) for marker in root.glob(f"*{process_suffix('file')}/*/{COMPLETE_FILE}")]
     images: dict[str, tuple[str | None, str | None]] = {}  # dataset id → (jpeg, raw) of its latest image run
     links = []
     for complete in sorted(runs, key=lambda run: run["finished"]):

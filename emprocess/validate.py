@@ -107,13 +107,11 @@ def _names(conf: RunConf, zs: list[int], limit: int = MAX_NAMED) -> str:
 def check_locations(ctx: RunContext) -> None:
     """Refuse locations that hold a run (started or complete) with another conf."""
     mine = ctx.conf.to_json()
-    for name in ("complete.json", "init.json"):
-        previous = storage.read_json_if_exists(storage.join(ctx.locations.process, name))
+    for url in (ctx.locations.complete, ctx.locations.init):
+        previous = storage.read_json_if_exists(url)
         if previous is not None and previous.get("conf") != mine:
-            raise ConfError(
-                f"{storage.join(ctx.locations.process, name)} holds run "
-                f"{previous.get('run_id')!r} with another conf; use another run id or the same conf"
-            )
+            raise ConfError(f"{url} holds run {previous.get('run_id')!r} with another conf; use another run id "
+                            f"or the same conf")
 
 
 def check_reused_alignment(ctx: RunContext) -> None:
@@ -132,7 +130,7 @@ def validate_run(ctx: RunContext) -> dict:
 
     try:  # first, and in bounded time: on a store that does not answer every later check would wait
         storage.probe(ctx.conf.slice_url(ctx.conf.minz), folder=ctx.conf.source)
-        storage.probe(storage.join(ctx.locations.process, "init.json"))
+        storage.probe(ctx.locations.init)
     except storage.StorageError as err:
         raise ConfError(str(err)) from None
     check_locations(ctx)

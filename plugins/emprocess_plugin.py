@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
+from emprocess.run_layout import REPORT_FILES
+
 REPORT_PREFIX = "/emprocess"
 
 
@@ -41,7 +43,7 @@ class EmprocessPlugin(AirflowPlugin):
     fastapi_apps = [{"app": ReportApp(), "url_prefix": REPORT_PREFIX, "name": "emprocess run reports"}]
     external_views = [{
         "name": "Run report",
-        "href": REPORT_PREFIX.lstrip("/") + "/dags/{DAG_ID}/runs/{RUN_ID}/report.html",
+        "href": REPORT_PREFIX.lstrip("/") + "/dags/{DAG_ID}/runs/{RUN_ID}/" + REPORT_FILES["html"],
         "destination": "dag_run",
         "url_route": "emprocess-run-report",
     }]

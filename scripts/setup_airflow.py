@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from emprocess.registry import SERVICES
 from emprocess.workflow.dag_factory import POOLS, THREADS_PER_WORKER
 
 
@@ -16,7 +17,7 @@ def main() -> None:
     parser.add_argument("--align-slots", type=int, default=32, help="concurrent calls to the alignment service")
     parser.add_argument("--write-slots", type=int, default=64, help="concurrent calls to the emwrite service")
     args = parser.parse_args()
-    slots = {"emprocess_align": args.align_slots, "emprocess_write": args.write_slots}
+    slots = {SERVICES["fiji"].pool: args.align_slots, SERVICES["emwrite"].pool: args.write_slots}
     for name, count in slots.items():
         if count < THREADS_PER_WORKER:  # such a pool never has room for a worker task
             parser.error(f"{name}: {count} slots; a worker task takes {THREADS_PER_WORKER} (one per call in "

@@ -16,7 +16,7 @@ import pytest
 
 from emprocess import storage
 from emprocess.align.compose import homogeneous, max_corner_distance
-from emprocess.align.stages import COLLECT, PAIRS, align_pairs
+from emprocess.align.stages import COLLECT, PAIRS
 from emprocess.stages import InputError, RunContext
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -81,8 +81,8 @@ def write(folder: Path, name: str, image: np.ndarray) -> str:
 
 def register_images(tmp_path: Path, first: np.ndarray, second: np.ndarray, downsample: int = 1,
                     ext: str = "png") -> dict:
-    return align_pairs({"img1": write(tmp_path, f"one.{ext}", first), "img2": write(tmp_path, f"two.{ext}", second),
-                        "downsample": downsample})
+    return PAIRS.execute({"img1": write(tmp_path, f"one.{ext}", first), "img2": write(tmp_path, f"two.{ext}", second),
+                          "downsample": downsample})
 
 
 def corner_error(found: list, truth: np.ndarray, size) -> float:
@@ -96,9 +96,9 @@ def run_align(tmp_path: Path, slices: list[np.ndarray], **conf) -> tuple[dict, d
     ctx = RunContext.create({"id": "t", "image": "s%03d.png", "minz": 0, "maxz": len(slices) - 1,
                              "source": f"file://{tmp_path}/src", **conf}, "run-1")
     for task in PAIRS.plan(ctx):
-        storage.write_json(ctx.cache_url(PAIRS.name, task["key"]), PAIRS.work(task["payload"]))
+        storage.write_json(ctx.cache_url(PAIRS.name, task["key"]), PAIRS.execute(task["payload"]))
     (task,) = COLLECT.plan(ctx)
-    COLLECT.work(task["payload"])
+    COLLECT.execute(task["payload"])
     folder = storage.join(ctx.locations.process, "align")
     return (storage.read_json(storage.join(folder, "transforms.json")),
             storage.read_json(storage.join(folder, "pairs.json")))
@@ -220,11 +220,11 @@ def test_plain_and_batched_payloads_agree_and_are_deterministic(tmp_path):
     images += [warp(images[0], similarity(1.0, 1.0, 0.0, (5, 3), (256, 256))),
                warp(images[0], similarity(-1.0, 1.0, 0.0, (-4, 6), (256, 256)))]
     urls = [write(tmp_path, f"s{z}.png", im) for z, im in enumerate(images)]
-    batched = align_pairs({"images": urls, "z": [7, 8, 9], "downsample": 1})
+    batched = PAIRS.execute({"images": urls, "z": [7, 8, 9], "downsample": 1})
     assert [p["z"] for p in batched["pairs"]] == [7, 8]
-    plain = [align_pairs({"img1": urls[i], "img2": urls[i + 1]}) for i in range(2)]
+    plain = [PAIRS.execute({"img1": urls[i], "img2": urls[i + 1]}) for i in range(2)]
     assert [{k: v for k, v in p.items() if k != "z"} for p in batched["pairs"]] == plain
-    assert align_pairs({"images": urls, "z": [7, 8, 9], "downsample": 1}) == batched
+    assert PAIRS.execute({"images": urls, "z": [7, 8, 9], "downsample": 1}) == batched
     assert all(p["affine"]["found"] for p in plain)
 
 
@@ -237,16 +237,16 @@ def test_plain_and_batched_payloads_agree_and_are_deterministic(tmp_path):
 ])
 def test_malformed_payloads_are_input_errors(payload, message):
     with pytest.raises(InputError, match=message):
-        align_pairs(payload)
+        PAIRS.execute(payload)
 
 
 def test_missing_and_unreadable_images_name_their_url(tmp_path):
     good = write(tmp_path, "good.png", texture())
     with pytest.raises(FileNotFoundError, match="absent.png"):
-        align_pairs({"img1": good, "img2": f"file://{tmp_path}/absent.png"})
+        PAIRS.execute({"img1": good, "img2": f"file://{tmp_path}/absent.png"})
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
     with pytest.raises(InputError, match="broken.png"):
-        align_pairs({"images": [good, f"file://{tmp_path}/broken.png"], "z": [0, 1]})
+        PAIRS.execute({"images": [good, f"file://{tmp_path}/broken.png"], "z": [0, 1]})
 
 
 # --- the generated sample --------------------------------------------------------------------------------------
@@ -260,9 +260,9 @@ def test_the_sample_run_recovers_its_known_misalignment(tmp_path):
     conf = write_sample(tmp_path / "sample")
     ctx = RunContext.create(conf, "sample-run")
     for task in PAIRS.plan(ctx):
-        storage.write_json(ctx.cache_url(PAIRS.name, task["key"]), PAIRS.work(task["payload"]))
+        storage.write_json(ctx.cache_url(PAIRS.name, task["key"]), PAIRS.execute(task["payload"]))
     (task,) = COLLECT.plan(ctx)
-    COLLECT.work(task["payload"])
+    COLLECT.execute(task["payload"])
     transforms = storage.read_json(storage.join(ctx.locations.process, "align", "transforms.json"))
     truth = storage.read_json(f"file://{tmp_path / 'sample' / 'truth.json'}")["transforms"]
     frame_of = {z: homogeneous(transforms["transforms"][z]) @ homogeneous(truth[z]) for z in transforms["transforms"]}

@@ -13,35 +13,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from support.align_pairs import SIZE, pair, rotation, translation
 
-from emprocess import registry, storage
+from emprocess import registry, run_layout, storage
 from emprocess.align import compose
-from emprocess.align.collect import collect
 from emprocess.align.stages import COLLECT, PAIRS, PAIRS_PER_TASK
 from emprocess.config import run_key
 from emprocess.stages import InputError, RunContext
-
-SIZE = [400, 300]
-
-
-def rotation(degrees: float, tx: float = 0.0, ty: float = 0.0) -> list[list[float]]:
-    a = math.radians(degrees)
-    return [[math.cos(a), -math.sin(a), tx], [math.sin(a), math.cos(a), ty]]
-
-
-def translation(tx: float, ty: float) -> list[list[float]]:
-    return [[1.0, 0.0, tx], [0.0, 1.0, ty]]
-
-
-def model(matrix=None, inliers: int = 500) -> dict:
-    if matrix is None:
-        return {"found": False, "matrix": None, "inliers": 7, "residual_px": 14.0}
-    return {"found": True, "matrix": matrix, "inliers": inliers, "residual_px": 0.3}
-
-
-def pair(z: int, affine=None, shift=None, size1=SIZE, size2=SIZE) -> dict:
-    return {"z": z, "size1": list(size1), "size2": list(size2), "features1": 900, "features2": 880,
-            "candidates": 700, "attempts": 1, "affine": model(affine), "translation": model(shift)}
 
 
 def context(tmp_path: Path, **conf) -> RunContext:
@@ -59,8 +37,8 @@ def run_collect(ctx: RunContext, results: list[dict]) -> dict:
         zs = task["payload"]["z"]
         storage.write_json(ctx.cache_url(PAIRS.name, task["key"]), {"pairs": [by_first[z] for z in zs[:-1]]})
     (task,) = COLLECT.plan(ctx)
-    result = COLLECT.work(task["payload"])
-    assert COLLECT.check(task["payload"], result)
+    result = COLLECT.execute(task["payload"])
+    assert COLLECT.check(COLLECT.parse_payload(task["payload"]), COLLECT.parse_result(result))
     return result
 
 
@@ -171,7 +149,7 @@ def test_collect_plan_names_every_pairs_result_and_the_reused_run(tmp_path):
     reused = context(tmp_path, reuse_alignment="manual__2024-01-01")
     (task,) = COLLECT.plan(reused)
     reused_key = run_key("manual__2024-01-01", reused.conf.source)
-    assert task["payload"]["reuse"] == storage.run_locations(reused.conf.source, reused_key).process
+    assert task["payload"]["reuse"] == run_layout.run_locations(reused.conf.source, reused_key).process
     assert task["payload"]["pairs"] == []
     assert COLLECT.plan(context(tmp_path, stages=["pyramid"])) == []
 
@@ -244,18 +222,18 @@ def test_missing_or_conflicting_pair_results_are_input_errors(tmp_path):
     (key,) = [t["key"] for t in PAIRS.plan(ctx)]
     storage.write_json(ctx.cache_url(PAIRS.name, key), {"pairs": [pair(10, rotation(0)), pair(12, rotation(0))]})
     with pytest.raises(InputError, match=r"z=\[11\]"):
-        collect(task["payload"])
+        COLLECT.execute(task["payload"])
     storage.write_json(ctx.cache_url(PAIRS.name, key), {"pairs": [
         pair(10, rotation(0)), pair(11, rotation(0), size1=[401, 300]), pair(12, rotation(0))]})
     with pytest.raises(InputError, match="slice 11"):
-        collect(task["payload"])
+        COLLECT.execute(task["payload"])
 
 
 def test_missing_pairs_result_names_its_url(tmp_path):
     ctx = context(tmp_path)
     (task,) = COLLECT.plan(ctx)
     with pytest.raises(FileNotFoundError, match=task["payload"]["pairs"][0]):
-        collect(task["payload"])
+        COLLECT.execute(task["payload"])
 
 
 def test_skip_align_gives_identities_and_the_largest_slice(tmp_path):
@@ -283,7 +261,7 @@ def test_skip_align_with_a_missing_slice_names_it(tmp_path):
     write_slices(tmp_path / "src", {10: (8, 8), 11: (8, 8), 13: (8, 8)})
     (task,) = COLLECT.plan(context(tmp_path, skip_align=True))
     with pytest.raises(FileNotFoundError, match="s012.png"):
-        collect(task["payload"])
+        COLLECT.execute(task["payload"])
 
 
 def test_reuse_takes_the_other_runs_transforms_and_frame(tmp_path):
@@ -302,4 +280,4 @@ def test_reuse_takes_the_other_runs_transforms_and_frame(tmp_path):
     wider = RunContext.create({**earlier.conf.to_json(), "reuse_alignment": "run-1", "minz": 5, "maxz": 13}, "run-3")
     (task,) = COLLECT.plan(wider)
     with pytest.raises(InputError, match="covers slices 8..14"):
-        collect(task["payload"])
+        COLLECT.execute(task["payload"])

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from refusals import good_conf, listing, spoiled, write_stack
-from refusals_conf import CASES
+from support.refusals import good_conf, listing, spoiled, write_stack
+from support.refusals.conf import CASES
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from airflow_support import FLAKY, FLAKY_DAG, FLAKY_STAGE, FLAKY_WIDTH
-from json_replies import send_json
+from support.airflow_dags import FLAKY, FLAKY_DAG, FLAKY_STAGE, FLAKY_WIDTH
+from support.json_replies import send_json
 
 from emprocess import storage
 from emprocess.batch import run_share
@@ -116,7 +116,7 @@ def test_4xx_fails_at_once_with_the_message_and_rerun_calls_only_unfinished(ctx)
 def test_worker_share_is_index_mod_width(ctx):
     stage = FLAKY
     seen = []
-    run_share(stage, ctx, 1, 3, lambda t: seen.append(t["key"]) or {}, threads=1)
+    run_share(stage, ctx, 1, 3, lambda t: seen.append(t["key"]) or {"echo": t["key"]}, threads=1)
     assert sorted(seen) == ["k001", "k004", "k007"]
 
 
@@ -156,7 +156,7 @@ def test_operator_in_a_real_dag_run(airflow_db, tmp_path, monkeypatch):
     """Through Airflow: two workers share the mini-tasks; a 4xx fails its worker with the message;
     clearing the failed task re-runs it, and it calls only its unfinished mini-tasks."""
 
-    from airflow_support import build_test_dags
+    from support.airflow_dags import build_test_dags
 
     from emprocess.workflow.local_run import run_dag_test
 
@@ -192,7 +192,7 @@ def test_operator_in_a_real_dag_run(airflow_db, tmp_path, monkeypatch):
 def test_a_permanent_error_fails_the_worker_without_airflow_s_retries(airflow_db, tmp_path, monkeypatch):
     """A 4xx means the input is wrong: the worker fails at once instead of being retried by Airflow
     (which would only call the service again and delay the failure by the retry delays)."""
-    from airflow_support import build_test_dags
+    from support.airflow_dags import build_test_dags
 
     dag = build_test_dags()[FLAKY_DAG]
     for task in dag.tasks:

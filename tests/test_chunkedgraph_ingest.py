@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_chunkedgraph_helpers import (
+from support.chunkedgraph import (
     STAGE,
     active_components,
     body_table,
@@ -138,7 +138,7 @@ def test_one_chunk_reruns_from_its_task_with_identical_bytes(built):
         assert task["key"] == f"{layer}_{coords[0]}_{coords[1]}_{coords[2]}"
         url = storage.join(ctx.locations.chunkedgraph, f"layer_{layer}", "_".join(map(str, coords)))
         before = storage.read(url)
-        STAGE[f"cg.layer{layer}"].work(task["payload"])
+        STAGE[f"cg.layer{layer}"].execute(task["payload"])
         assert storage.read(url) == before
     with pytest.raises(ValueError, match="not built at layer 3"):
         chunk_task(ctx, 3, (9, 0, 0))
@@ -152,7 +152,7 @@ def test_resume_after_a_killed_worker_gives_the_uninterrupted_result(tmp_path, b
     stage = STAGE["cg.layer3"]
     tasks = stage.plan(resumed)
     run_stage(resumed, stage, tasks[:7])  # worker ran 7 chunks, then was killed during the 8th:
-    stage.work(tasks[7]["payload"])  # its file is written, its result never cached
+    stage.execute(tasks[7]["payload"])  # its file is written, its result never cached
     rerun = run_stage(resumed, stage)
     assert sorted(rerun) == sorted(task["key"] for task in tasks[7:])
     for name in [s.name for s in STAGES][3:]:

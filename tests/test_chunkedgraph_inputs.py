@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import refusals_segmentation
-from refusals import Case, spoiled
-from test_chunkedgraph_helpers import STAGE, make_context, run_graph, write_transforms, write_volume
+from support.chunkedgraph import STAGE, make_context, run_graph, write_transforms, write_volume
+from support.refusals import Case, spoiled
+from support.refusals import segmentation as refusals_segmentation
 
 from emprocess import storage
 from emprocess.chunkedgraph.agglomeration import load_table
@@ -29,7 +29,7 @@ def context(tmp_path, stages=("chunkedgraph",), **segmentation):
 
 def run_meta(ctx):
     (task,) = STAGE["cg.meta"].plan(ctx)
-    return STAGE["cg.meta"].work(task["payload"])
+    return STAGE["cg.meta"].execute(task["payload"])
 
 
 def assert_fails_before_writing(ctx, match):
@@ -86,7 +86,7 @@ def test_chunk_size_must_be_powers_of_two_from_16_to_4096(tmp_path):
         ctx = context(tmp_path)
         (task,) = STAGE["cg.meta"].plan(ctx)
         with pytest.raises(InputError, match=payload_refusal):
-            STAGE["cg.meta"].work({**task["payload"], "chunk_size": bad})
+            STAGE["cg.meta"].execute({**task["payload"], "chunk_size": bad})
     assert storage.listdir(ctx.locations.chunk) == []
 
 

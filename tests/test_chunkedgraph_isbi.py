@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from test_chunkedgraph_helpers import make_context, read_labels, run_graph, same_partition, voxel_roots, write_volume
+from support.chunkedgraph import make_context, read_labels, run_graph, same_partition, voxel_roots, write_volume
 
 LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012" / "label"
 

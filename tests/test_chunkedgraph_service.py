@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from test_chunkedgraph_helpers import (
+from support.chunkedgraph import (
     active_components,
     make_context,
     read_labels,

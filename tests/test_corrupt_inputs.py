@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import requests
 import tensorstore as ts
-from test_chunkedgraph_helpers import (
+from support.chunkedgraph import (
     STAGE,
     make_context,
     run_graph,
@@ -90,19 +90,19 @@ def test_a_corrupt_watershed_chunk_fails_layer2_naming_the_volume_and_chunk(tmp_
     run_stage(ctx, STAGE["cg.meta"])
     spoil(tmp_path / "watershed" / FIRST_CHUNK, how)
     with pytest.raises(InputError) as excinfo:
-        STAGE["cg.layer2"].work(task(ctx, "cg.layer2", "2_0_0_0"))
+        STAGE["cg.layer2"].execute(task(ctx, "cg.layer2", "2_0_0_0"))
     assert f"volume file://{tmp_path}/watershed, voxels [0, 0, 0] to [16, 16, 16]" in message_of(excinfo)
     assert f"{tmp_path}/watershed/{FIRST_CHUNK}" in message_of(excinfo)
     assert not storage.exists(chunk_url(ctx.locations.chunkedgraph, 2, (0, 0, 0)))
     # a chunk whose reads miss the spoilt one still builds
-    assert STAGE["cg.layer2"].work(task(ctx, "cg.layer2", "2_2_0_0"))["chunk"] == [2, 0, 0]
+    assert STAGE["cg.layer2"].execute(task(ctx, "cg.layer2", "2_2_0_0"))["chunk"] == [2, 0, 0]
 
 
 def test_a_corrupt_watershed_chunk_fails_the_table_scan_of_cg_meta(tmp_path):
     ctx = graph_inputs(tmp_path)
     spoil(tmp_path / "watershed" / FIRST_CHUNK, "truncated")
     with pytest.raises(InputError, match=f"volume file://{tmp_path}/watershed, voxels .*{FIRST_CHUNK}"):
-        STAGE["cg.meta"].work(task(ctx, "cg.meta", "meta"))
+        STAGE["cg.meta"].execute(task(ctx, "cg.meta", "meta"))
 
 
 @pytest.mark.parametrize("info", [b"{not json", b'{"type": "segmentation", "data_type": "uint32", "scales": [{}]}'])
@@ -112,9 +112,9 @@ def test_a_corrupt_watershed_info_is_input_error_in_meta_and_layer2(tmp_path, in
     run_stage(ctx, STAGE["cg.meta"])
     (tmp_path / "watershed" / "info").write_bytes(info)
     with pytest.raises(InputError, match=f"file://{tmp_path}/watershed"):
-        STAGE["cg.meta"].work(payload)
+        STAGE["cg.meta"].execute(payload)
     with pytest.raises(InputError, match=f"volume file://{tmp_path}/watershed: .*info"):
-        STAGE["cg.layer2"].work(task(ctx, "cg.layer2", "2_0_0_0"))
+        STAGE["cg.layer2"].execute(task(ctx, "cg.layer2", "2_0_0_0"))
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"{}", b'{"minz": 0, "maxz": "x", "width": 1, "height": 1}'])
@@ -124,7 +124,7 @@ def test_corrupt_transforms_fail_cg_meta_naming_them(tmp_path, content):
     url = storage.join(ctx.locations.process, "align", "transforms.json")
     local(url).write_bytes(content)
     with pytest.raises(InputError, match=re.escape(url)):
-        STAGE["cg.meta"].work(task(ctx, "cg.meta", "meta"))
+        STAGE["cg.meta"].execute(task(ctx, "cg.meta", "meta"))
 
 
 @pytest.mark.parametrize(("name", "content"), [("empty.npy", b""), ("cut.npz", None), ("junk.npy", None)])
@@ -163,7 +163,7 @@ def test_a_corrupt_chunk_file_fails_the_layer_above_naming_it(built, how):
     spoilt = chunk_url(ctx.locations.chunkedgraph, 2, (0, 0, 0))
     spoil(local(spoilt), how)
     with pytest.raises(InputError, match=f"{re.escape(spoilt)}: (not a|corrupt) chunkedgraph chunk file"):
-        STAGE["cg.layer3"].work(task(ctx, "cg.layer3", "3_0_0_0"))
+        STAGE["cg.layer3"].execute(task(ctx, "cg.layer3", "3_0_0_0"))
 
 
 def test_a_corrupt_agglomeration_shard_fails_layer2_naming_it(built):
@@ -171,7 +171,7 @@ def test_a_corrupt_agglomeration_shard_fails_layer2_naming_it(built):
     shard = storage.join(ctx.locations.chunkedgraph, "agglomeration", "0")
     spoil(local(shard), "truncated")
     with pytest.raises(InputError, match=f"{re.escape(shard)}: corrupt chunkedgraph chunk file"):
-        STAGE["cg.layer2"].work(task(ctx, "cg.layer2", "2_0_0_0"))
+        STAGE["cg.layer2"].execute(task(ctx, "cg.layer2", "2_0_0_0"))
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b'{"format": "emprocess-chunkedgraph/1"}'])
@@ -187,14 +187,14 @@ def test_a_corrupt_supervoxel_chunk_fails_flatten_naming_the_volume(built):
     supervoxels = storage.join(ctx.locations.chunkedgraph, "supervoxels")
     spoil(local(supervoxels) / FIRST_CHUNK, "garbage")
     with pytest.raises(InputError, match=f"volume {re.escape(supervoxels)}, voxels .*0-16_0-16_0-16"):
-        STAGE["cg.flatten"].work(task(ctx, "cg.flatten", "0_0_0"))
+        STAGE["cg.flatten"].execute(task(ctx, "cg.flatten", "0_0_0"))
 
 
 def test_a_corrupt_root_id_chunk_fails_the_mesh_job_naming_the_volume(built):
     ctx = built
     spoil(local(ctx.locations.segmentation) / FIRST_CHUNK, "truncated")
     with pytest.raises(InputError, match=f"volume {re.escape(ctx.locations.segmentation)}, voxels"):
-        MESH_STAGE["mesh.layer2"].work(task(ctx, "mesh.layer2", "2_0_0_0"))
+        MESH_STAGE["mesh.layer2"].execute(task(ctx, "mesh.layer2", "2_0_0_0"))
 
 
 def test_a_corrupt_mesh_pending_file_fails_the_layer_above_naming_it(built):
@@ -203,7 +203,7 @@ def test_a_corrupt_mesh_pending_file_fails_the_layer_above_naming_it(built):
     pending = chunk_url(payload["pending"], 2, (0, 0, 0))
     spoil(local(pending), "truncated")
     with pytest.raises(InputError, match=re.escape(pending)):
-        MESH_STAGE["mesh.layer3"].work(payload)
+        MESH_STAGE["mesh.layer3"].execute(payload)
 
 
 # ---- the pyramid's aligned volume and seed ---------------------------------------------------------

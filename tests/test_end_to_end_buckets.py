@@ -12,9 +12,9 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
-from test_chunkedgraph_helpers import active_components, body_table, read_labels, same_partition, voronoi_supervoxels
-from test_chunkedgraph_helpers import write_volume as write_watershed
-from test_end_to_end import emprocess, run_id_of
+from support.chunkedgraph import active_components, body_table, read_labels, same_partition, voronoi_supervoxels
+from support.chunkedgraph import write_volume as write_watershed
+from support.emprocess_cli import emprocess, run_id_of
 
 from emprocess import storage
 from emprocess.lifecycle import TMP_LIFETIME_DAYS

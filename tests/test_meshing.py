@@ -11,7 +11,7 @@ import hashlib
 import numpy as np
 import pytest
 from cloudvolume import CloudVolume
-from test_chunkedgraph_helpers import (
+from support.chunkedgraph import (
     body_table,
     make_context,
     read_labels,
@@ -165,7 +165,7 @@ def test_rerunning_mesh_jobs_rewrites_identical_bytes(meshed):
     assert any(name.endswith(".index") for name in before)
     for stage in STAGES:
         for task in stage.plan(ctx)[:3]:
-            stage.work(task["payload"])
+            stage.execute(task["payload"])
     assert digests() == before
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from emprocess import registry
 from emprocess.workflow.local_run import free_port
 from emprocess.workflow.service_client import ServiceClient
 
@@ -42,7 +44,8 @@ def test_align_answers_both_forms_with_the_real_schema(moc):
     assert plain["size1"] == [640, 480] and plain["affine"]["found"] and plain["translation"]["found"]
     assert [p["z"] for p in batched["pairs"]] == [4, 5]
     assert set(batched["pairs"][0]) == {"z", *plain}
-    assert requests.post(url + "/alignedslice", json={"z": 3}).json()["endpoint"] == "/alignedslice"
+    refused = requests.post(url + "/alignedslice", json={"z": 3})  # as the real service, it checks the payload
+    assert refused.status_code == 422 and "'slice': Field required" in refused.json()["detail"]
 
 
 def test_fail_rate_one_always_fails_and_the_client_gives_up(moc):
@@ -56,5 +59,34 @@ def test_fail_rate_one_always_fails_and_the_client_gives_up(moc):
 def test_drill_with_some_failures_completes_through_retries(moc):
     url = moc("--fail-rate", "0.3", "--latency", "0.01", "--seed", "7")
     client = ServiceClient(url, max_attempts=10, backoff_base_s=0.01)
-    results = [client.post("/cg/layer2", {"key": i}) for i in range(20)]
-    assert all(r["moc"] for r in results)
+    payloads = [{"graph": "file:///g", "layer": 2, "chunk": [i, 0, 0], "watershed": "file:///w",
+                 "supervoxels": "file:///s"} for i in range(20)]
+    results = [client.post("/cg/layer2", payload) for payload in payloads]
+    assert all(set(r) == set(registry.get("cg.layer2").result.model_fields) for r in results)
+
+
+@pytest.mark.parametrize("fail_rate", ["0", "0.2"])
+def test_a_whole_dag_run_against_it_succeeds(moc, airflow_db, tmp_path, monkeypatch, fail_rate):
+    """A dry run: the width-4 DAG, aligning and building the pyramid of a 4-slice stack, with every
+    service call answered by the moc server (a fifth of them 503, retried by the client)."""
+    from support.refusals import SIZE, SLICES, good_conf, write_stack
+
+    from emprocess import storage
+    from emprocess.align import transforms_url
+    from emprocess.stages import RunContext
+    from emprocess.workflow.dag_factory import build_dag
+    from emprocess.workflow.local_run import run_dag_test
+
+    url = moc("--slice-size", str(SIZE), str(SIZE), "--fail-rate", fail_rate, "--seed", "3")
+    port = int(url.rsplit(":", 1)[1])
+    for service in registry.SERVICES.values():
+        monkeypatch.setenv(f"AIRFLOW_CONN_{service.connection}", json.dumps(
+            {"conn_type": "http", "host": "127.0.0.1", "port": port, "extra": {"backoff_base": 0.01}}))
+    write_stack(tmp_path / "src")
+    conf = dict(good_conf(tmp_path / "src"), stages=["align", "pyramid"])
+    result = run_dag_test(build_dag(4), conf)
+    assert result.state == "success", result.failed
+    process = RunContext.create(conf, result.run_id).locations.process
+    transforms = storage.read_json(transforms_url(process))  # align.collect ran on the moc's identity pairs
+    assert (transforms["width"], transforms["height"], transforms["maxz"]) == (SIZE, SIZE, SLICES - 1)
+    assert storage.exists(storage.join(process, "complete.json"))

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from volumes import psnr, smooth
+from support.volumes import psnr, smooth
 
 from emprocess.pyramid import chunks
 from emprocess.pyramid.build import SLAB, build_block

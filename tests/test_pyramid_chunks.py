@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import simplejpeg
-from volumes import psnr, smooth
+from support.volumes import psnr, smooth
 
 from emprocess.pyramid import writers
 from emprocess.pyramid.chunks import ShardWriter, encode_jpeg, encode_raw

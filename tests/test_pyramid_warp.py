@@ -1,4 +1,5 @@
-"""Aligned slices: warp, CLAHE, thumbnails, the 16-bit rule and the align.warp work."""
+"""Aligned slices: warp, CLAHE, thumbnails, the 16-bit rule and the align.warp work (the
+align.intensity stage that stores the rule: test_intensity_stage.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 
 from emprocess import storage
 from emprocess.pyramid import intensity
-from emprocess.pyramid.aligned import warp_outputs, write_aligned_slice
+from emprocess.pyramid.aligned import warp_outputs
+from emprocess.pyramid.stages import INTENSITY, WARP
 from emprocess.pyramid.warp import THUMBNAIL_SIDE, clahe, thumbnail_png, warp
 from emprocess.pyramid.writers import ALIGNED_CHUNKS, open_zarr
 from emprocess.stages import InputError
@@ -88,12 +90,12 @@ def write_png(path: Path, image: np.ndarray) -> str:
     return f"file://{path}"
 
 
-def warp_payload(tmp_path: Path, z: int, slice_url: str, sample: list[str], writer: bool, **extra) -> dict:
+def warp_payload(tmp_path: Path, z: int, slice_url: str, **extra) -> dict:
     payload = {
         "z": z, "slice": slice_url, "source_size": None, "transform": IDENTITY, "width": 120, "height": 90,
         "depth": 3, "z_index": z, "clip_limit": 0.0, "aligned": f"file://{tmp_path}/tmp/aligned",
         "thumbnail": f"file://{tmp_path}/process/align/thumbnails/{z}.png",
-        "intensity": {"url": f"file://{tmp_path}/process/align/intensity.json", "sample": sample, "writer": writer},
+        "intensity": f"file://{tmp_path}/process/align/intensity.json",
     }
     payload.update(extra)
     return payload
@@ -108,15 +110,16 @@ def test_sixteen_bit_stack_uses_one_stored_rule(tmp_path):
     slices = [texture((90, 120), seed=z, low=2000, high=12000).astype(np.uint16) for z in range(3)]
     slices[1][:10] = 0  # outside the imaged area
     urls = [write_png(tmp_path / "src" / f"{z}.png", s) for z, s in enumerate(slices)]
-    # a non-writer that runs first measures the rule itself without storing it
-    first = write_aligned_slice(warp_payload(tmp_path, 1, urls[1], urls, writer=False))
-    assert not (tmp_path / "process/align/intensity.json").exists()
-    writer = write_aligned_slice(warp_payload(tmp_path, 0, urls[0], urls, writer=True))
+    # align.intensity stores the rule before any warp task runs; every warp task applies it
+    measured = INTENSITY.execute({"url": f"file://{tmp_path}/process/align/intensity.json", "sample": urls})
+    slice1 = WARP.execute(warp_payload(tmp_path, 1, urls[1]))
+    slice0 = WARP.execute(warp_payload(tmp_path, 0, urls[0]))
     stored = storage.read_json(f"file://{tmp_path}/process/align/intensity.json")
-    assert first["intensity"] == writer["intensity"] == {"low": stored["low"], "high": stored["high"]}
+    assert slice1["intensity"] == slice0["intensity"] == measured["intensity"]
+    assert measured["intensity"] == {"low": stored["low"], "high": stored["high"]}
     assert stored["sample"] == urls and stored["percentiles"] == [0.1, 99.9]
     assert 2000 <= stored["low"] < 3000 and 11000 < stored["high"] <= 12000
-    assert writer["source_dtype"] == "uint16"
+    assert slice0["source_dtype"] == "uint16"
     aligned = open_zarr(f"file://{tmp_path}/tmp/aligned", (3, 90, 120), ALIGNED_CHUNKS, create=False).read().result()
     rule = intensity.Intensity(stored["low"], stored["high"])
     assert np.array_equal(aligned[0], rule.lut()[slices[0]])
@@ -126,15 +129,14 @@ def test_sixteen_bit_stack_uses_one_stored_rule(tmp_path):
 def test_warp_task_writes_its_outputs_and_rewrites_identical_bytes(tmp_path):
     image = texture((90, 120), seed=5).astype(np.uint8)
     url = write_png(tmp_path / "src" / "2.png", image)
-    payload = warp_payload(tmp_path, 2, url, [url], writer=True, clip_limit=0.02,
-                           transform=[[1, 0, 3.5], [0, 1, -2.25]], source_size=[120, 90])
-    result = write_aligned_slice(payload)
+    payload = warp_payload(tmp_path, 2, url, clip_limit=0.02, transform=[[1, 0, 3.5], [0, 1, -2.25]],
+                           source_size=[120, 90])
+    result = WARP.execute(payload)
     assert result["source_size"] == [120, 90] and result["intensity"] is None
-    for out in warp_outputs(payload):
-        if not out.endswith("intensity.json"):  # 8-bit stacks need no rule
-            assert storage.exists(out), out
+    for out in warp_outputs(WARP.parse_payload(payload)):
+        assert storage.exists(out), out
     before = digest_tree(tmp_path)
-    write_aligned_slice(payload)
+    WARP.execute(payload)
     assert digest_tree(tmp_path) == before
 
 
@@ -142,16 +144,16 @@ def test_warp_errors_name_the_slice(tmp_path):
     image = texture((90, 120)).astype(np.uint8)
     url = write_png(tmp_path / "src" / "0.png", image)
     with pytest.raises(InputError, match="slice 0 is 120×90, but was aligned as 100×90"):
-        write_aligned_slice(warp_payload(tmp_path, 0, url, [url], True, source_size=[100, 90]))
+        WARP.execute(warp_payload(tmp_path, 0, url, source_size=[100, 90]))
     with pytest.raises(InputError, match="slice 0: transform"):
-        write_aligned_slice(warp_payload(tmp_path, 0, url, [url], True, transform=[[1, 0], [0, 1]]))
+        WARP.execute(warp_payload(tmp_path, 0, url, transform=[[1, 0], [0, 1]]))
     with pytest.raises(InputError, match="slice 0: transform"):
-        write_aligned_slice(warp_payload(tmp_path, 0, url, [url], True, transform=[[1, 0, 0], [0, 1]]))
+        WARP.execute(warp_payload(tmp_path, 0, url, transform=[[1, 0, 0], [0, 1]]))
     with pytest.raises(InputError, match="singular"):
-        write_aligned_slice(warp_payload(tmp_path, 0, url, [url], True, transform=[[0, 0, 0], [0, 0, 0]]))
+        WARP.execute(warp_payload(tmp_path, 0, url, transform=[[0, 0, 0], [0, 0, 0]]))
     missing = f"file://{tmp_path}/src/nope.png"
     with pytest.raises(FileNotFoundError, match="nope.png"):
-        write_aligned_slice(warp_payload(tmp_path, 0, missing, [missing], True))
+        WARP.execute(warp_payload(tmp_path, 0, missing))
     colour = write_png(tmp_path / "src" / "colour.png", np.dstack([image] * 3))
     with pytest.raises(InputError, match="colour.png"):
-        write_aligned_slice(warp_payload(tmp_path, 0, colour, [colour], True))
+        WARP.execute(warp_payload(tmp_path, 0, colour))

@@ -1,5 +1,5 @@
 """The DAG package under a real Airflow deployment (PostgreSQL, api-server, scheduler, dag-processor,
-LocalExecutor; see ``real_airflow``), as a lab runs it: the sample is triggered with ``airflow dags
+LocalExecutor; see ``support.airflow_deployment``), as a lab runs it: the sample is triggered with ``airflow dags
 trigger`` and through the REST API, both runs succeed, stages the conf does not ask for start no
 worker, and the outputs are byte for byte those of a ``dag.test`` run (``emprocess run``). A
 refused conf fails its run without writing anything, and its report (the report task's result, and
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from support.airflow_deployment import RestartableService, deployment, postgres_bin
 
 from emprocess import storage
 from emprocess.config import parse_conf
@@ -27,7 +28,6 @@ from emprocess.sample import write_sample
 from emprocess.stages import RunContext, share
 from emprocess.workflow.dag_factory import dag_id
 from emprocess.workflow.local_run import SERVICES, allowed_prefixes, service
-from real_airflow import RestartableService, deployment, postgres_bin
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is not installed (make test installs it)")]

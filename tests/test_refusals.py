@@ -6,8 +6,8 @@ does not answer is given up on after ``PROBE_TIMEOUT`` seconds, not the default'
 from __future__ import annotations
 
 import pytest
-from refusals import refuse, spoiled
-from refusals_catalogue import CATALOGUE
+from support.refusals import refuse, spoiled
+from support.refusals.catalogue import CATALOGUE
 
 PROBE_TIMEOUT = "2"
 

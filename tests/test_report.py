@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_align_collect import pair, rotation, translation
+from support.align_pairs import pair, rotation, translation
 
 from emprocess import registry, storage
 from emprocess.align.stages import COLLECT, PAIRS
@@ -83,7 +83,7 @@ def partial_run(tmp_path) -> RunContext:
     (pairs_task,) = PAIRS.plan(ctx)
     run_and_cache(PAIRS, ctx, pairs_task, align_pairs)
     (collect_task,) = COLLECT.plan(ctx)
-    run_and_cache(COLLECT, ctx, collect_task, lambda task: COLLECT.work(task["payload"]))
+    run_and_cache(COLLECT, ctx, collect_task, lambda task: COLLECT.execute(task["payload"]))
     for z, (started, seconds) in WARP_TIMINGS.items():
         storage.write_json(ctx.cache_url(WARP.name, f"{z:08d}"),
                            {"z": z, "timing": {"started": started, "seconds": seconds}})
@@ -94,7 +94,7 @@ def partial_run(tmp_path) -> RunContext:
 
 def test_the_report_of_an_unfinished_run_counts_times_and_lists_what_it_did(partial_run):
     ctx = partial_run
-    urls = write_report(ctx, list(registry.stages().values()))
+    urls = write_report(ctx, registry.pipeline())
     report = storage.read_json(urls["json"])
     assert report["run_id"] == RUN_ID and not report["complete"] and report["finished"] is None
     assert report["started"] == storage.read_json(storage.join(ctx.locations.process, "init.json"))["started"]
@@ -120,7 +120,7 @@ def test_the_report_of_an_unfinished_run_counts_times_and_lists_what_it_did(part
 
 def test_the_report_page_shows_thumbnails_charts_and_escapes_what_it_is_given(partial_run):
     ctx = partial_run
-    urls = write_report(ctx, list(registry.stages().values()))
+    urls = write_report(ctx, registry.pipeline())
     page = storage.read(urls["html"]).decode()
     folder = Path(storage.parse(ctx.locations.process).path)
     links = image_links(page)
@@ -145,7 +145,7 @@ def test_the_report_page_shows_thumbnails_charts_and_escapes_what_it_is_given(pa
 
 
 def test_a_long_stack_shows_a_bounded_number_of_thumbnails(partial_run):
-    summary = run_summary(partial_run, list(registry.stages().values()))
+    summary = run_summary(partial_run, registry.pipeline())
     summary["thumbnails"] = [{"z": z, "path": f"align/thumbnails/{z}.png"} for z in range(1000)]
     sources = image_sources(render(summary))
     assert 0 < len(sources) <= MAX_THUMBNAILS

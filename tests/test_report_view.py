@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import requests
-from airflow_support import QUIET_DAG, build_test_dags
-from test_services import serving
+from support.airflow_dags import QUIET_DAG, build_test_dags
+from support.serving import serving
 
 from emprocess import registry, storage
 from emprocess.lifecycle import create_env
@@ -25,7 +25,7 @@ def reported_run(airflow_db, tmp_path_factory) -> tuple[str, RunContext]:
     ctx = RunContext.create(conf, dag_run.run_id)
     create_env(ctx)
     storage.write(storage.join(ctx.locations.process, "align", "thumbnails", "0.png"), b"\x89PNG thumbnail")
-    write_report(ctx, list(registry.stages().values()))
+    write_report(ctx, registry.pipeline())
     return dag_run.run_id, ctx
 
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_end_to_end import airflow_log_of, emprocess, run_id_of
+from support.emprocess_cli import airflow_log_of, emprocess, run_id_of
 
 from emprocess import registry
 from emprocess.batch import stage_status
@@ -195,7 +195,7 @@ def tiny_run(tiny_sample, tmp_path_factory):
 
 def test_stdout_shows_progress_lines_ending_on_each_asked_for_stage_done(tiny_sample, tiny_run):
     ctx = RunContext.create(tiny_sample, run_id_of(tiny_run.stdout))
-    status = stage_status(ctx, list(registry.stages().values()))
+    status = stage_status(ctx, registry.pipeline())
     # only the pipeline's stages: other tests may have registered stages of their own in this process
     asked = {name: c["total"] for name, c in status.items() if c["total"] and name.split(".")[0] in STAGES}
     assert {name.split(".")[0] for name in asked} == set(tiny_sample["stages"])

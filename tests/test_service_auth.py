@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import crypt, jwt
-from json_replies import send_json
+from support.json_replies import send_json
 
 from emprocess.workflow.service_client import IdTokenAuth, ServiceClient
 

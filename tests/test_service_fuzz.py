@@ -58,8 +58,17 @@ def running(tmp_path_factory):
 
 def inside(spec: dict, allowed: Path) -> dict:
     """``spec`` with every location's schema replaced by a choice of real places under ``allowed``."""
-    places = [f"file://{allowed}/{name}" for name in ("a.png", "b.png", "missing.png", "x", "x/y", "")]
+    return located(spec, [f"file://{allowed}/{name}" for name in ("a.png", "b.png", "missing.png", "x", "x/y", "")])
 
+
+def outside_places(root: Path) -> list[str]:
+    """Places beside and beyond the allowed folder, one a real file, and in buckets never allowed."""
+    return [f"file://{root}/outside/a.png", f"file://{root}/outside", f"file://{root}/allowed-not/a.png",
+            "file:///etc/passwd", "gs://other-bucket/a.png", "s3://other-bucket/x/y"]
+
+
+def located(spec: dict, places: list[str]) -> dict:
+    """``spec`` with every location's schema replaced by a choice of ``places``."""
     def rewrite(node):
         if isinstance(node, dict):
             if node.get("format") == LOCATION_FORMAT:
@@ -72,8 +81,9 @@ def inside(spec: dict, allowed: Path) -> dict:
     return rewrite(json.loads(json.dumps(spec)))
 
 
-def server_errors(schema, modes: list[GenerationMode]) -> list[str]:
-    """The requests of every operation, fuzzed, that the service answered with a 5xx."""
+def server_errors(schema, modes: list[GenerationMode], refused: list[str] = ()) -> list[str]:
+    """The requests of every operation, fuzzed, that the service answered with a 5xx, or that held
+    one of the ``refused`` places and were answered other than 403."""
     failures = []
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -85,6 +95,8 @@ def server_errors(schema, modes: list[GenerationMode]) -> list[str]:
         @FUZZ
         def call(case):
             response = case.call(timeout=120)
+            if response.status_code != 403 and any(place in json.dumps(case.body) for place in refused):
+                failures.append(f"{case.method} {case.path} {case.body!r} → {response.status_code}, not 403")
             if response.status_code >= 500:
                 failures.append(f"{case.method} {case.path} {case.body!r} → {response.status_code}: "
                                 f"{response.text[:300]}")
@@ -110,6 +122,26 @@ def test_no_payload_under_the_allowed_prefix_gets_a_5xx(running, name):
         for path in running["allowed"].iterdir():
             if path.name not in ("a.png", "b.png"):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+@pytest.mark.parametrize("name", ["fiji", "emwrite"])
+def test_every_location_outside_the_allowed_prefix_is_refused_403(running, name):
+    """Well-formed payloads whose locations lie outside (a sibling folder holding a real slice, a
+    name that only starts like the allowed one, other buckets): each answered 403, and nothing is
+    written outside. (A '..' way out is refused 422 as no location at all: tests/test_services.py.)"""
+    root = running["allowed"].parent
+    outside = root / "outside"
+    outside.mkdir(exist_ok=True)
+    shutil.copy(running["allowed"] / "a.png", outside / "a.png")
+    spec = requests.get(running[name] + "/openapi.json", timeout=10).json()
+    places = outside_places(root)
+    schema = schemathesis.openapi.from_dict(located(spec, places))
+    schema.config.base_url = running[name]
+    try:
+        assert server_errors(schema, [GenerationMode.POSITIVE], refused=places) == []
+        assert sorted(p.name for p in outside.iterdir()) == ["a.png"]
+    finally:
+        shutil.rmtree(outside)
 
 
 def test_every_operation_has_a_request_schema_with_its_locations_marked(running):

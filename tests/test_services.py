@@ -6,18 +6,17 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import Iterator
 
 import cv2
 import numpy as np
 import pytest
 import requests
-import uvicorn
+from support.serving import serving
 
 from containers.service import build_app
-from emprocess.stages import Stage
-from emprocess.workflow.local_run import free_port, service
+from emprocess.payloads import Payload
+from emprocess.stages import Result, Stage
+from emprocess.workflow.local_run import service
 
 
 @pytest.fixture
@@ -75,38 +74,29 @@ def test_missing_and_unreadable_images_answer_4xx_naming_the_url(fiji, stack):
     assert reply.status_code == 422 and junk in reply.json()["detail"]
 
 
-@contextmanager
-def serving(app) -> Iterator[str]:
-    """``app`` served by uvicorn on a free 127.0.0.1 port, in a thread of this process."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run)
-    thread.start()
-    try:
-        while not server.started:
-            assert thread.is_alive(), "the server did not start"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join()
-
-
 def probe_stage(running: list[int], release: threading.Event) -> Stage:
     """A stage whose mini-tasks hold their requests until ``release`` is set, recording how many ran
     at once each time one started."""
     lock = threading.Lock()
     now = [0]
 
-    def work(payload: dict) -> dict:
+    class ProbePayload(Payload):
+        key: int
+
+    class ProbeResult(Result):
+        key: int
+
+    def work(payload: ProbePayload) -> ProbeResult:
         with lock:
             now[0] += 1
             running.append(now[0])
         release.wait(30)
         with lock:
             now[0] -= 1
-        return {"key": payload["key"]}
+        return ProbeResult(key=payload.key)
 
-    return Stage("probe", "probe", "/probe", plan=lambda ctx: [], work=work)
+    return Stage(name="probe", group="test", task="probe", service="probe", endpoint="/probe", plan=lambda ctx: [],
+                 work=work, payload=ProbePayload, result=ProbeResult)
 
 
 @pytest.mark.parametrize("limit", [1, 3])
@@ -157,7 +147,7 @@ def test_a_call_that_cannot_fit_in_memory_is_refused_before_any_work(tmp_path, m
     warp = {"z": 0, "slice": f"file://{stack}/a.png", "transform": [[1, 0, 0], [0, 1, 0]], "width": 200_000,
             "height": 200_000, "depth": 1, "z_index": 0, "clip_limit": 0.0, "aligned": f"file://{data}/aligned",
             "thumbnail": f"file://{data}/0.png",
-            "intensity": {"url": f"file://{data}/i.json", "sample": [f"file://{stack}/a.png"], "writer": True}}
+            "intensity": f"file://{data}/i.json"}
     with service("emwrite", [f"file://{data}"], tmp_path) as emwrite, \
             service("fiji", [f"file://{data}"], tmp_path) as fiji:
         refused = requests.post(emwrite + "/alignedslice", json=warp, timeout=30)

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from emprocess import storage
+from emprocess import run_layout, storage
 from emprocess.config import ConfError, run_key
 from emprocess.pyramid.chunks import ShardWriter
 from emprocess.pyramid.layout import PyramidLayout
 from emprocess.pyramid.meta import write_info
 from emprocess.pyramid.writers import open_scale
-from emprocess.storage import RunLocations, StorageError, Url
+from emprocess.run_layout import RunLocations
+from emprocess.storage import StorageError, Url
 
 BACKENDS = ["file", "s3", "gs"]
 
@@ -153,7 +154,7 @@ def test_ensure_location_creates_folders(tmp_path):
 @pytest.mark.parametrize("scheme", BACKENDS)
 def test_run_locations_are_usable(request, tmp_path, scheme):
     source = f"file://{tmp_path}/em" if scheme == "file" else _server(request, scheme).new_bucket("src")
-    locations = storage.run_locations(source, "run-1")
+    locations = run_layout.run_locations(source, "run-1")
     for location in locations.all():
         storage.ensure_location(location)
         storage.write_json(storage.join(location, "probe.json"), {"at": location})
@@ -310,11 +311,11 @@ def test_unusable_prefixes_are_refused_by_name(prefix):
 
 @pytest.mark.parametrize("source", ["gs://em-data", "s3://em-data", "file:///d/em"])
 def test_run_prefixes_cover_the_source_and_every_run_location_and_nothing_else(source):
-    prefixes = storage.run_prefixes(source)
+    prefixes = run_layout.run_prefixes(source)
     for prefix in prefixes:
         storage.check_prefix(prefix)
     for key in ("run-1", "manual-2026-12-01t09-08-04"):
-        locations = storage.run_locations(source, key)
+        locations = run_layout.run_locations(source, key)
         for url in [source, *locations.all(), locations.jpeg, locations.aligned]:
             assert storage.is_under(storage.join(url, "x"), prefixes), url
     neighbour = source.replace("em-data", "em-database").replace("/d/em", "/elsewhere/em")
@@ -323,7 +324,7 @@ def test_run_prefixes_cover_the_source_and_every_run_location_and_nothing_else(s
 
 @pytest.mark.parametrize(("scheme", "s"), [("gs", "_"), ("s3", "-")])
 def test_run_locations_in_buckets(scheme, s):
-    locations = storage.run_locations(f"{scheme}://em-data", "run-1")
+    locations = run_layout.run_locations(f"{scheme}://em-data", "run-1")
     assert locations == RunLocations(
         process=f"{scheme}://em-data{s}process/run-1",
         ng=f"{scheme}://em-data{s}ng{s}run-1",
@@ -342,7 +343,7 @@ def test_s3_run_buckets_have_names_aws_accepts():
     """AWS bucket names: 3-63 characters of a-z, 0-9, '.' and '-' (no '_'), starting and ending with a
     letter or digit."""
     key = run_key("manual__2026-12-01T09:08:41.130665+00:00", "s3://em-data")
-    for location in storage.run_locations("s3://em-data", key).all():
+    for location in run_layout.run_locations("s3://em-data", key).all():
         assert re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", storage.parse(location).bucket), location
 
 
@@ -354,7 +355,7 @@ def test_run_keys_fit_the_buckets_named_after_a_long_source(source):
     keys = {run_key(run_id, source) for run_id in RUN_IDS}
     assert len(keys) == len(RUN_IDS)  # cut to fit, still distinct
     for key in keys:
-        for location in storage.run_locations(source, key).all():
+        for location in run_layout.run_locations(source, key).all():
             assert len(storage.parse(location).bucket) <= 63  # parse also refuses an invalid name
 
 
@@ -370,15 +371,15 @@ def test_a_source_bucket_too_long_for_its_run_buckets_is_refused_naming_source()
 
 
 def test_run_locations_of_a_bare_name_and_a_folder():
-    assert storage.run_locations("em-data", "r") == storage.run_locations("gs://em-data", "r")
-    locations = storage.run_locations("file:///d/em", "r")
+    assert run_layout.run_locations("em-data", "r") == run_layout.run_locations("gs://em-data", "r")
+    locations = run_layout.run_locations("file:///d/em", "r")
     assert locations == RunLocations(process="file:///d/em_process/r", ng="file:///d/em_ng_r",
                                      chunk="file:///d/em_chunk_r", tmp="file:///d/em_tmp_r")
 
 
 def test_run_locations_need_a_bare_bucket():
     with pytest.raises(StorageError, match="without a path"):
-        storage.run_locations("gs://em-data/sub", "r")
+        run_layout.run_locations("gs://em-data/sub", "r")
 
 
 def test_a_confined_process_reaches_nothing_outside_its_prefixes(tmp_path):

@@ -7,9 +7,10 @@ registration with retries), ``compose`` (model choice, composition, bounding box
 """
 
 from emprocess import storage
+from emprocess.run_layout import TRANSFORMS_FILE
 
 
 def transforms_url(process: str) -> str:
     """The per-slice transforms of the run whose process location is ``process``: what ALIGN hands
     every later stage."""
-    return storage.join(process, "align", "transforms.json")
+    return storage.join(process, TRANSFORMS_FILE)

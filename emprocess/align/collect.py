@@ -21,39 +21,71 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from emprocess import storage
 from emprocess.align import transforms_url
 from emprocess.align.compose import NEGLIGIBLE_PX, choose, compose, frame
 from emprocess.align.images import image_size
-from emprocess.stages import InputError
+from emprocess.payloads import MAX_TEXT, Axis, Index, Location, Payload
+from emprocess.run_layout import PAIRS_FILE, TRANSFORMS_CSV
+from emprocess.stages import InputError, Result
 
 log = logging.getLogger("emprocess.align")
 READ_THREADS = 16
 
 
-def collect(payload: dict) -> dict:
+class CollectPayload(Payload):
+    """Slices ``minz``..``maxz`` of ``source`` (named by the printf pattern ``image``), composed from
+    the align.pairs results at ``pairs``, or identity transforms (``skip_align``), or the transforms
+    of the run whose process location is ``reuse``; written under ``process``."""
+
+    process: Location
+    minz: Index
+    maxz: Index
+    source: Location
+    image: Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
+    skip_align: bool
+    reuse: Location | None = None
+    pairs: list[Location]
+
+    @model_validator(mode="after")
+    def _within_slices(self) -> "CollectPayload":
+        if self.maxz < self.minz:
+            raise ValueError(f"'maxz' {self.maxz} is below 'minz' {self.minz}")
+        if len(self.pairs) > self.maxz - self.minz:
+            raise ValueError(f"{len(self.pairs)} 'pairs' results for {self.maxz - self.minz} pairs")
+        return self
+
+
+class CollectResult(Result):
+    """How the transforms were made, the aligned frame, the pairs that fell back, and where the
+    transforms are."""
+
+    mode: str
+    width: Axis
+    height: Axis
+    fallbacks: list[Index]
+    transforms: str
+
+
+def collect(payload: CollectPayload) -> CollectResult:
     """Write the ALIGN outputs for slices minz..maxz; the result summarises them."""
-    minz, maxz = int(payload["minz"]), int(payload["maxz"])
-    folder = storage.join(payload["process"], "align")
-    if payload.get("reuse"):
-        transforms, pairs = _reused(payload["reuse"], minz, maxz)
-    elif payload["skip_align"] or minz == maxz:
+    minz, maxz = payload.minz, payload.maxz
+    if payload.reuse:
+        transforms, pairs = _reused(payload.reuse, minz, maxz)
+    elif payload.skip_align or minz == maxz:
         transforms, pairs = _identity(payload, minz, maxz)
     else:
-        transforms, pairs = _pairwise(payload["pairs"], minz, maxz)
-    storage.write_json(storage.join(folder, "pairs.json"), pairs)
-    storage.write(storage.join(folder, "transforms.csv"), _csv(transforms).encode())
-    storage.write_json(transforms_url(payload["process"]), transforms)
-    return {
-        "mode": pairs["mode"],
-        "width": transforms["width"],
-        "height": transforms["height"],
-        "fallbacks": pairs["fallbacks"],
-        "transforms": transforms_url(payload["process"]),
-    }
+        transforms, pairs = _pairwise(payload.pairs, minz, maxz)
+    storage.write_json(storage.join(payload.process, PAIRS_FILE), pairs)
+    storage.write(storage.join(payload.process, TRANSFORMS_CSV), _csv(transforms).encode())
+    storage.write_json(transforms_url(payload.process), transforms)
+    return CollectResult(mode=pairs["mode"], width=transforms["width"], height=transforms["height"],
+                         fallbacks=pairs["fallbacks"], transforms=transforms_url(payload.process))
 
 
 def _pairwise(result_urls: list[str], minz: int, maxz: int) -> tuple[dict, dict]:
@@ -84,12 +116,12 @@ def _pairwise(result_urls: list[str], minz: int, maxz: int) -> tuple[dict, dict]
     return _transforms(minz, maxz, compose(minz, maxz, matrices), sizes), _pairs(minz, maxz, "pairwise", entries)
 
 
-def _identity(payload: dict, minz: int, maxz: int) -> tuple[dict, dict]:
-    urls = [storage.join(payload["source"], payload["image"] % z) for z in range(minz, maxz + 1)]
+def _identity(payload: CollectPayload, minz: int, maxz: int) -> tuple[dict, dict]:
+    urls = [storage.join(payload.source, payload.image % z) for z in range(minz, maxz + 1)]
     with ThreadPoolExecutor(READ_THREADS) as pool:
         sizes = dict(zip(range(minz, maxz + 1), (list(s) for s in pool.map(image_size, urls))))
     identity = compose(minz, maxz, {z: np.eye(3) for z in range(minz, maxz)})
-    mode = "skip_align" if payload["skip_align"] else "pairwise"
+    mode = "skip_align" if payload.skip_align else "pairwise"
     return _transforms(minz, maxz, identity, sizes), _pairs(minz, maxz, mode, [])
 
 
@@ -107,7 +139,7 @@ def _reused(process: str, minz: int, maxz: int) -> tuple[dict, dict]:
         "transforms": {z: reused["transforms"][z] for z in keep},
         "source_sizes": {z: reused["source_sizes"][z] for z in keep},
     }
-    old_pairs = storage.read_json_if_exists(storage.join(process, "align", "pairs.json"))
+    old_pairs = storage.read_json_if_exists(storage.join(process, PAIRS_FILE))
     entries = [] if old_pairs is None else old_pairs["pairs"]
     entries = [e for e in entries if minz <= e["z"] < maxz]
     return transforms, _pairs(minz, maxz, "reused", entries, reused_from=process)

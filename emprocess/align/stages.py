@@ -21,20 +21,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 from emprocess import storage
-from emprocess.align.collect import collect
+from emprocess.registry import facts
+from emprocess.align.collect import CollectPayload, CollectResult, collect
 from emprocess.align.images import image_size
 from emprocess.align.register import register_run
-from emprocess.payloads import MAX_URLS, Index, Location, Payload, takes
-from emprocess.stages import MiniTask, RunContext, Stage
+from emprocess.payloads import MAX_URLS, Axis, Index, Location, Payload
+from emprocess.stages import MiniTask, Result, RunContext, Stage
 
 PAIRS_PER_TASK = 8
 # Peak memory of one call, fitted to what benchmarks/align.py measured: 0.8 GB for a 16 MP pair,
 # 2.0 GB for a 20k × 20k one (the README's table).
 PAIR_BASE_BYTES = 750_000_000
 PAIR_BYTES_PER_PIXEL = 3.125
+
+Size = Annotated[list[Axis], Field(min_length=2, max_length=2)]
 
 
 class PairsPayload(Payload):
@@ -62,6 +65,65 @@ class PairsPayload(Payload):
         return self
 
 
+class ModelResult(Result):
+    """One fitted model (see ``models.ModelFit``): ``matrix`` maps img2 pixels into img1's, None when
+    not found."""
+
+    found: bool
+    matrix: list[list[float]] | None
+    inliers: int
+    residual_px: float
+
+
+class PairResult(Result):
+    """One registered pair, in full-resolution pixels (see the module docstring)."""
+
+    size1: Size
+    size2: Size
+    features1: int
+    features2: int
+    candidates: int
+    attempts: int
+    attempt: int
+    affine: ModelResult
+    translation: ModelResult
+
+
+class RunPairResult(PairResult):
+    """A pair of a run, named by its first slice ``z``."""
+
+    z: Index
+
+
+class PairsResult(Result):
+    """The answer in the payload's form: ``pairs`` for a run, one pair's own fields for a plain pair.
+    The other form's keys are absent, not null."""
+
+    pairs: list[RunPairResult] | None = None
+    size1: Size | None = None
+    size2: Size | None = None
+    features1: int | None = None
+    features2: int | None = None
+    candidates: int | None = None
+    attempts: int | None = None
+    attempt: int | None = None
+    affine: ModelResult | None = None
+    translation: ModelResult | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "PairsResult":
+        given = [name for name in PairResult.model_fields if getattr(self, name) is not None]
+        run = self.pairs is not None and not given
+        pair = self.pairs is None and len(given) == len(PairResult.model_fields)
+        if not (run or pair):
+            raise ValueError("give 'pairs', or every field of one pair and no 'pairs'")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_other_form(self, handler):
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
 def plan_pairs(ctx: RunContext) -> list[MiniTask]:
     conf = ctx.conf
     if not ctx.wants("align") or conf.skip_align or conf.reuse_alignment or conf.minz == conf.maxz:
@@ -75,19 +137,17 @@ def plan_pairs(ctx: RunContext) -> list[MiniTask]:
     return tasks
 
 
-@takes(PairsPayload)
-def align_pairs(payload: dict) -> dict:
+def align_pairs(payload: PairsPayload) -> PairsResult:
     """Register adjacent slices (either payload form, see the module docstring)."""
-    downsample = payload.get("downsample", 1)
-    if payload.get("img1") is not None:
-        return next(register_run([payload["img1"], payload["img2"]], downsample))
-    images, zs = payload["images"], payload["z"]
-    return {"pairs": [{"z": z, **result} for z, result in zip(zs, register_run(images, downsample))]}
+    if payload.img1 is not None:
+        return PairsResult(**next(register_run([payload.img1, payload.img2], payload.downsample)))
+    runs = register_run(payload.images, payload.downsample)
+    return PairsResult(pairs=[RunPairResult(z=z, **result) for z, result in zip(payload.z, runs)])
 
 
-def pairs_memory(payload: dict) -> int:
+def pairs_memory(payload: PairsPayload) -> int:
     """Peak bytes of one call: grows with the largest slice (its header gives the size)."""
-    images = payload["images"] if payload.get("images") else [payload["img1"], payload["img2"]]
+    images = payload.images or [payload.img1, payload.img2]
     largest = max(w * h for w, h in map(image_size, images))
     return int(PAIR_BASE_BYTES + PAIR_BYTES_PER_PIXEL * largest)
 
@@ -109,13 +169,12 @@ def plan_collect(ctx: RunContext) -> list[MiniTask]:
     return [{"key": "collect", "payload": payload}]
 
 
-def collect_wrote_transforms(payload: dict, result: dict) -> bool:
-    return storage.exists(result["transforms"])
+def collect_wrote_transforms(payload: CollectPayload, result: CollectResult) -> bool:
+    return storage.exists(result.transforms)
 
 
-PAIRS = Stage(name="align.pairs", service="fiji", endpoint="/align", plan=plan_pairs, work=align_pairs,
+PAIRS = Stage(**facts("align.pairs"), plan=plan_pairs, work=align_pairs, payload=PairsPayload, result=PairsResult,
               memory=pairs_memory)
-COLLECT = Stage(
-    name="align.collect", service=None, endpoint="", plan=plan_collect, work=collect, check=collect_wrote_transforms
-)
+COLLECT = Stage(**facts("align.collect"), plan=plan_collect, work=collect, payload=CollectPayload,
+                result=CollectResult, check=collect_wrote_transforms)
 STAGES = [PAIRS, COLLECT]

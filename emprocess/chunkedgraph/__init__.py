@@ -5,7 +5,8 @@ Modules: ids (node/chunk ID layout, layer count) · layers (MAX_LAYERS, DAG work
 prepare (cg.meta job) · agglomeration (supervoxel → body table) · edges (voxel contacts, components)
 · layer2 (layer-2 job) · parents (parent-layer job) · finish + chunkfile (the one file per chunk) ·
 reader (root, roots, parent, children, leaves, layer) · flatten + downsample (root-ID segmentation)
-· stages (Stage objects, ``status``, ``chunk_task``).
+· contracts (the stages' payload and result models) · stages (Stage objects, ``status``,
+``chunk_task``).
 
 What a graph holds, under ``<chunk>/chunkedgraph/``: ``meta.json``; ``agglomeration/<n>`` (the
 sorted table in shards); ``supervoxels/`` (precomputed: the chunk-local layer-1 IDs);

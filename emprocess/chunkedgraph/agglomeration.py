@@ -16,6 +16,7 @@ import numpy as np
 
 from emprocess import storage
 from emprocess.chunkedgraph import chunkfile
+from emprocess.run_layout import AGGLOMERATION
 from emprocess.stages import InputError
 
 SHARD_ROWS = 1 << 20
@@ -104,7 +105,7 @@ def write_shards(graph: str, supervoxels: np.ndarray, bodies: np.ndarray) -> Non
     for _, name in shard_index(supervoxels)["shards"]:
         rows = slice(int(name) * SHARD_ROWS, (int(name) + 1) * SHARD_ROWS)
         chunkfile.write(
-            storage.join(graph, "agglomeration", name),
+            storage.join(graph, AGGLOMERATION, name),
             {"supervoxels": supervoxels[rows], "bodies": bodies[rows]},
         )
 
@@ -119,7 +120,7 @@ def lookup_bodies(graph: str, index: dict | None, supervoxels: np.ndarray) -> tu
     firsts = np.array([first for first, _ in index["shards"]], dtype=np.uint64)
     shard_of = np.searchsorted(firsts, supervoxels, side="right") - 1
     for shard in np.unique(shard_of[shard_of >= 0]):
-        table = chunkfile.read(storage.join(graph, "agglomeration", index["shards"][shard][1]))
+        table = chunkfile.read(storage.join(graph, AGGLOMERATION, index["shards"][shard][1]))
         sel = np.flatnonzero(shard_of == shard)
         pos = np.minimum(np.searchsorted(table["supervoxels"], supervoxels[sel]), table["supervoxels"].size - 1)
         hit = table["supervoxels"][pos] == supervoxels[sel]

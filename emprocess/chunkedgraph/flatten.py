@@ -18,6 +18,7 @@ import numpy as np
 
 from emprocess import corrupt, storage
 from emprocess.chunkedgraph import volumes
+from emprocess.chunkedgraph.contracts import FlattenPayload, FlattenResult
 from emprocess.chunkedgraph.downsample import downsample_mode
 from emprocess.chunkedgraph.meta import GraphMeta, read_meta
 from emprocess.chunkedgraph.reader import ChunkedGraph
@@ -53,15 +54,15 @@ def flatten_scales(meta: GraphMeta) -> list[Scale]:
         factor = [f * s for f, s in zip(factor, step)]
 
 
-def flatten_chunk(payload: dict) -> dict:
-    """cg.flatten work: payload ``{"graph", "supervoxels", "segmentation", "chunk": [x, y, z]}``."""
-    graph, segmentation = payload["graph"], payload["segmentation"]
+def flatten_chunk(payload: FlattenPayload) -> FlattenResult:
+    """cg.flatten work."""
+    graph, segmentation = payload.graph, payload.segmentation
     meta = read_meta(graph)
-    coords = meta.check_chunk(2, payload["chunk"])
+    coords = meta.check_chunk(2, payload.chunk)
     scales = flatten_scales(meta)
     _ensure_info(segmentation, scales)
     lo, hi = meta.chunk_bounds(coords)
-    labels = volumes.read(volumes.open_scale(payload["supervoxels"]), lo, hi)
+    labels = volumes.read(volumes.open_scale(payload.supervoxels), lo, hi)
     supervoxels = fastremap.unique(labels)
     roots = ChunkedGraph(graph).roots(supervoxels)
     labels = fastremap.remap(labels, dict(zip(supervoxels.tolist(), roots.tolist())), in_place=True)
@@ -69,12 +70,12 @@ def flatten_chunk(payload: dict) -> dict:
         if index:
             labels = downsample_mode(labels, scale.step)
         volumes.write(volumes.open_scale(segmentation, index), lo // np.array(scale.factor), labels)
-    return {
-        "chunk": list(coords),
-        "supervoxels": int(np.count_nonzero(supervoxels)),
-        "roots": int(np.unique(roots[roots != 0]).size),
-        "scales": len(scales),
-    }
+    return FlattenResult(
+        chunk=list(coords),
+        supervoxels=int(np.count_nonzero(supervoxels)),
+        roots=int(np.unique(roots[roots != 0]).size),
+        scales=len(scales),
+    )
 
 
 def _ensure_info(segmentation: str, scales: list[Scale]) -> None:

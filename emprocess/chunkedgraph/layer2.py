@@ -21,20 +21,21 @@ import numpy as np
 
 from emprocess.chunkedgraph import volumes
 from emprocess.chunkedgraph.agglomeration import lookup_bodies
+from emprocess.chunkedgraph.contracts import GraphLayer2Payload, GraphLayer2Result
 from emprocess.chunkedgraph.edges import components, face_contacts, inner_contacts
 from emprocess.chunkedgraph.finish import finish_chunk, sort_pending
 from emprocess.chunkedgraph.ids import consumption_layer
 from emprocess.chunkedgraph.meta import GraphMeta, read_meta
 
 
-def build_layer2_chunk(payload: dict) -> dict:
-    """cg.layer2 work: payload ``{"graph", "watershed", "supervoxels", "chunk": [x, y, z]}``."""
-    graph = payload["graph"]
+def build_layer2_chunk(payload: GraphLayer2Payload) -> GraphLayer2Result:
+    """cg.layer2 work."""
+    graph = payload.graph
     meta = read_meta(graph)
-    coords = meta.check_chunk(2, payload["chunk"])
+    coords = meta.check_chunk(2, payload.chunk)
     layout = meta.layout
     lo, hi = meta.chunk_bounds(coords)
-    store = volumes.open_scale(payload["watershed"])
+    store = volumes.open_scale(payload.watershed)
     core_read, halo_reads = volumes.read_later(store, lo, hi), _halo_reads(store, lo, hi, meta.size)
     core = np.asarray(core_read.result(), dtype=np.uint64)
     halo = {face: _plane(read.result(), axis=face[0]) for face, read in halo_reads.items()}
@@ -46,7 +47,7 @@ def build_layer2_chunk(payload: dict) -> dict:
     supervoxels = layout.node_ids(1, coords, np.arange(1, watershed.size + 1))
     mapping = dict(zip(watershed.tolist(), supervoxels.tolist()))
     core = fastremap.remap(core, mapping, preserve_missing_labels=True, in_place=True)
-    volumes.write(volumes.open_scale(payload["supervoxels"]), lo, core)
+    volumes.write(volumes.open_scale(payload.supervoxels), lo, core)
     del core
     bodies = _Bodies(graph, meta, watershed, faces)
 
@@ -73,17 +74,17 @@ def build_layer2_chunk(payload: dict) -> dict:
         "cross_active": active,
     }
     closed = finish_chunk(graph, layout, 2, coords, (supervoxels, sv_parent), layer2, pending, extra)
-    return {
-        "layer": 2,
-        "chunk": list(coords),
-        "supervoxels": int(watershed.size),
-        "nodes": int(layer2.size),
-        "edges": int(edge_a.size),
-        "active_edges": int(edge_active.sum()),
-        "cross_edges": int(active.size),
-        "active_cross_edges": int(active.sum()),
+    return GraphLayer2Result(
+        layer=2,
+        chunk=list(coords),
+        supervoxels=int(watershed.size),
+        nodes=int(layer2.size),
+        edges=int(edge_a.size),
+        active_edges=int(edge_active.sum()),
+        cross_edges=int(active.size),
+        active_cross_edges=int(active.sum()),
         **closed,
-    }
+    )
 
 
 def _halo_reads(store, lo: np.ndarray, hi: np.ndarray, size) -> dict[tuple[int, int], object]:

@@ -14,6 +14,7 @@ import numpy as np
 
 from emprocess import corrupt, storage
 from emprocess.chunkedgraph.ids import IdLayout, grid_at
+from emprocess.run_layout import GRAPH_META_FILE, layer_chunk
 from emprocess.stages import InputError
 
 FORMAT = "emprocess-chunkedgraph/1"
@@ -92,12 +93,11 @@ class GraphMeta:
 
 
 def meta_url(graph: str) -> str:
-    return storage.join(graph, "meta.json")
+    return storage.join(graph, GRAPH_META_FILE)
 
 
 def chunk_url(graph: str, layer: int, coords) -> str:
-    x, y, z = (int(c) for c in coords)
-    return storage.join(graph, f"layer_{layer}", f"{x}_{y}_{z}")
+    return storage.join(graph, layer_chunk(layer, coords))
 
 
 def read_meta(graph: str) -> GraphMeta:

@@ -15,19 +15,18 @@ from __future__ import annotations
 import numpy as np
 
 from emprocess.chunkedgraph import chunkfile
+from emprocess.chunkedgraph.contracts import GraphLayerPayload, GraphLayerResult
 from emprocess.chunkedgraph.edges import components
 from emprocess.chunkedgraph.finish import finish_chunk, name_roots, sort_pending
 from emprocess.chunkedgraph.meta import chunk_url, read_meta
 from emprocess.stages import InputError
 
 
-def build_parent_chunk(payload: dict) -> dict:
-    """cg.layerL work: payload ``{"graph", "layer": L, "chunk": [x, y, z]}``."""
-    graph, layer = payload["graph"], int(payload["layer"])
+def build_parent_chunk(payload: GraphLayerPayload) -> GraphLayerResult:
+    """cg.layerL work (L ≥ 3, which the payload model ensures)."""
+    graph, layer = payload.graph, payload.layer
     meta = read_meta(graph)
-    if layer < 3:
-        raise InputError(f"{graph}: parent jobs build layers 3..{meta.n_layers}, not layer {layer}")
-    coords = meta.check_chunk(layer, payload["chunk"])
+    coords = meta.check_chunk(layer, payload.chunk)
     layout = meta.layout
     children = [chunkfile.read(chunk_url(graph, layer - 1, c)) for c in meta.child_chunks(layer, coords)]
     candidates = np.sort(np.concatenate([np.zeros(0, np.uint64), *(f["open"] for f in children)]))
@@ -48,7 +47,7 @@ def build_parent_chunk(payload: dict) -> dict:
         nothing_open = sort_pending(candidates[:0], key[:0], edge_layer[:0])
         arrays = {"child": candidates, "parent": roots[component], "open": candidates[:0], **nothing_open}
         chunkfile.write(chunk_url(graph, layer, coords), arrays)
-        return {**summary, "nodes": count, "open": 0, "roots": count}
+        return GraphLayerResult(**summary, nodes=count, open=0, roots=count)
 
     grouped = sizes[component] >= 2
     group_rank = np.cumsum(sizes >= 2) - 1  # component label → rank among the grouped ones
@@ -60,7 +59,7 @@ def build_parent_chunk(payload: dict) -> dict:
     above = edge_layer > layer
     carried = sort_pending(top[np.searchsorted(candidates, node[above])], key[above], edge_layer[above])
     closed = finish_chunk(graph, layout, layer, coords, links, np.unique(top), carried)
-    return {**summary, "nodes": int(new_nodes.size), **closed}
+    return GraphLayerResult(**summary, nodes=int(new_nodes.size), **closed)
 
 
 def _pair_halves(owner: np.ndarray, key: np.ndarray, test: bool, where: str) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,7 @@ import numpy as np
 from emprocess import storage
 from emprocess.chunkedgraph import inputs, volumes
 from emprocess.chunkedgraph.agglomeration import load_table, shard_index, write_shards
+from emprocess.chunkedgraph.contracts import GraphMetaPayload, GraphMetaResult
 from emprocess.chunkedgraph.ids import SPATIAL_BITS
 from emprocess.chunkedgraph.meta import GraphMeta, meta_url, read_meta
 from emprocess.stages import InputError
@@ -36,20 +37,19 @@ log = logging.getLogger(__name__)
 SCAN_VOXELS = 1 << 24  # voxels per block when scanning the watershed for table ids
 
 
-def prepare_graph(payload: dict) -> dict:
-    """cg.meta work. Payload: ``graph``, ``watershed``, ``supervoxels``, ``agglomeration`` (URL or
-    None), ``chunk_size``, ``test``, ``transforms`` (URL) and ``require_transforms`` (bool)."""
-    graph, watershed = payload["graph"], payload["watershed"]
-    chunk_size = inputs.check_chunk_size(payload["chunk_size"])
+def prepare_graph(payload: GraphMetaPayload) -> GraphMetaResult:
+    """cg.meta work."""
+    graph, watershed, agglomeration = payload.graph, payload.watershed, payload.agglomeration
+    chunk_size = inputs.check_chunk_size(payload.chunk_size)
     scale = inputs.watershed_scale(watershed)
     size = tuple(int(s) for s in scale["size"])
-    frame = inputs.transforms_frame(payload["transforms"], bool(payload.get("require_transforms")))
+    frame = inputs.transforms_frame(payload.transforms, payload.require_transforms)
     if frame is not None:
         frame.check(watershed, size)
     grid, n_layers = inputs.check_grid(watershed, size, chunk_size)
 
-    if payload.get("agglomeration"):
-        supervoxels, bodies = load_table(payload["agglomeration"])
+    if agglomeration:
+        supervoxels, bodies = load_table(agglomeration)
         unknown = _count_unknown(watershed, supervoxels, size, chunk_size)
     else:
         supervoxels = bodies = np.zeros(0, np.uint64)
@@ -57,15 +57,15 @@ def prepare_graph(payload: dict) -> dict:
     warnings = []
     if unknown:
         warnings.append(
-            f"agglomeration {payload['agglomeration']}: {unknown} of {supervoxels.size} supervoxel ids "
+            f"agglomeration {agglomeration}: {unknown} of {supervoxels.size} supervoxel ids "
             f"are not in watershed {watershed}; they are ignored"
         )
         log.warning(warnings[-1])
 
     meta = GraphMeta(
         watershed=watershed,
-        supervoxels=payload["supervoxels"],
-        agglomeration=payload.get("agglomeration"),
+        supervoxels=payload.supervoxels,
+        agglomeration=agglomeration,
         size=size,
         voxel_offset=tuple(int(o) for o in scale["voxel_offset"]),
         resolution=tuple(float(r) for r in scale["resolution"]),
@@ -73,7 +73,7 @@ def prepare_graph(payload: dict) -> dict:
         grid=grid,
         n_layers=n_layers,
         spatial_bits=SPATIAL_BITS,
-        test=bool(payload.get("test", False)),
+        test=payload.test,
         table=shard_index(supervoxels) if supervoxels.size else None,
     )
     try:
@@ -89,15 +89,15 @@ def prepare_graph(payload: dict) -> dict:
     scale0 = volumes.segmentation_scale(size, meta.voxel_offset, meta.resolution, storage_chunk)
     storage.write_json(volumes.info_url(meta.supervoxels), volumes.segmentation_info([scale0]))
     storage.write_json(meta_url(graph), meta.to_json())
-    return {
-        "size": list(size),
-        "chunk_size": list(chunk_size),
-        "grid": list(grid),
-        "n_layers": n_layers,
-        "agglomeration_rows": int(supervoxels.size),
-        "unknown_supervoxels": int(unknown),
-        "warnings": warnings,
-    }
+    return GraphMetaResult(
+        size=list(size),
+        chunk_size=list(chunk_size),
+        grid=list(grid),
+        n_layers=n_layers,
+        agglomeration_rows=int(supervoxels.size),
+        unknown_supervoxels=int(unknown),
+        warnings=warnings,
+    )
 
 
 def _count_unknown(watershed: str, supervoxels: np.ndarray, size: tuple, chunk_size: tuple) -> int:

@@ -9,69 +9,32 @@ raises FileNotFoundError (DAG order runs cg.meta first, so that means cg.meta di
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated, Literal
-
-from pydantic import Field
 
 from emprocess import storage
+from emprocess.registry import facts
 from emprocess.align import transforms_url
 from emprocess.batch import stage_status
+from emprocess.chunkedgraph.contracts import (
+    ChunkResult,
+    FlattenPayload,
+    FlattenResult,
+    GraphLayer2Payload,
+    GraphLayer2Result,
+    GraphLayerPayload,
+    GraphLayerResult,
+    GraphMetaPayload,
+    GraphMetaResult,
+)
 from emprocess.chunkedgraph.flatten import flatten_chunk
 from emprocess.chunkedgraph.layer2 import build_layer2_chunk
 from emprocess.chunkedgraph.layers import MAX_LAYERS
 from emprocess.chunkedgraph.meta import GraphMeta, chunk_url, read_meta
 from emprocess.chunkedgraph.parents import build_parent_chunk
 from emprocess.chunkedgraph.prepare import prepare_graph
-from emprocess.config import CHUNK_SIDES
-from emprocess.payloads import Coords, Location, Payload, takes
 from emprocess.stages import MiniTask, RunContext, Stage
 
-SERVICE = "emwrite"
-
-
-class GraphMetaPayload(Payload):
-    """The graph at ``graph`` over the supervoxels of ``watershed`` (see prepare.prepare_graph)."""
-
-    graph: Location
-    watershed: Location
-    supervoxels: Location
-    agglomeration: Location | None = None
-    chunk_size: Annotated[list[Annotated[int, Field(ge=CHUNK_SIDES[0], le=CHUNK_SIDES[1])]],
-                          Field(min_length=3, max_length=3)]
-    test: bool = False
-    transforms: Location
-    require_transforms: bool
-
-
-class GraphLayerPayload(Payload):
-    """One chunk of one layer of the graph at ``graph``."""
-
-    graph: Location
-    layer: Annotated[int, Field(ge=3, le=MAX_LAYERS)]
-    chunk: Coords
-
-
-class GraphLayer2Payload(GraphLayerPayload):
-    """One layer-2 chunk, built from the ``watershed`` and writing the graph's own ``supervoxels``."""
-
-    layer: Literal[2]
-    watershed: Location
-    supervoxels: Location
-
-
-class FlattenPayload(Payload):
-    """One layer-2 chunk of the root-ID layer at ``segmentation``."""
-
-    graph: Location
-    supervoxels: Location
-    segmentation: Location
-    chunk: Coords
 
 __all__ = ["MAX_LAYERS", "STAGES", "chunk_task", "status"]
-
-
-def _supervoxels(ctx: RunContext) -> str:
-    return storage.join(ctx.locations.chunkedgraph, "supervoxels")
 
 
 def plan_meta(ctx: RunContext) -> list[MiniTask]:
@@ -81,7 +44,7 @@ def plan_meta(ctx: RunContext) -> list[MiniTask]:
     payload = {
         "graph": ctx.locations.chunkedgraph,
         "watershed": segmentation.watershed,
-        "supervoxels": _supervoxels(ctx),
+        "supervoxels": ctx.locations.supervoxels,
         "agglomeration": segmentation.agglomeration,
         "chunk_size": list(segmentation.chunk_size),
         "test": segmentation.test,
@@ -99,7 +62,7 @@ def _task(ctx: RunContext, layer: int, coords) -> MiniTask:
     x, y, z = (int(c) for c in coords)
     payload = {"graph": ctx.locations.chunkedgraph, "layer": layer, "chunk": [x, y, z]}
     if layer == 2:
-        payload.update(watershed=ctx.conf.segmentation.watershed, supervoxels=_supervoxels(ctx))
+        payload.update(watershed=ctx.conf.segmentation.watershed, supervoxels=ctx.locations.supervoxels)
     return {"key": f"{layer}_{x}_{y}_{z}", "payload": payload}
 
 
@@ -118,7 +81,7 @@ def plan_flatten(ctx: RunContext) -> list[MiniTask]:
     for x, y, z in meta.chunks(2):
         payload = {
             "graph": ctx.locations.chunkedgraph,
-            "supervoxels": _supervoxels(ctx),
+            "supervoxels": ctx.locations.supervoxels,
             "segmentation": ctx.locations.segmentation,
             "chunk": [x, y, z],
         }
@@ -135,22 +98,22 @@ def chunk_task(ctx: RunContext, layer: int, coords) -> MiniTask:
     return _task(ctx, layer, meta.check_chunk(layer, coords))
 
 
-def _chunk_written(payload: dict, result: dict) -> bool:
-    return storage.exists(chunk_url(payload["graph"], payload["layer"], payload["chunk"]))
+def _chunk_written(payload: GraphLayer2Payload | GraphLayerPayload, result: ChunkResult) -> bool:
+    return storage.exists(chunk_url(payload.graph, payload.layer, payload.chunk))
 
 
 def _layer_stage(layer: int) -> Stage:
-    work = LAYER2_WORK if layer == 2 else PARENT_WORK
-    endpoint = "/cg/layer2" if layer == 2 else "/cg/layer"
-    return Stage(f"cg.layer{layer}", SERVICE, endpoint, partial(plan_layer, layer), work, _chunk_written)
+    if layer == 2:
+        contract = {"work": build_layer2_chunk, "payload": GraphLayer2Payload, "result": GraphLayer2Result}
+    else:
+        contract = {"work": build_parent_chunk, "payload": GraphLayerPayload, "result": GraphLayerResult}
+    return Stage(**facts(f"cg.layer{layer}"), plan=partial(plan_layer, layer), **contract, check=_chunk_written)
 
 
-LAYER2_WORK = takes(GraphLayer2Payload)(build_layer2_chunk)
-PARENT_WORK = takes(GraphLayerPayload)(build_parent_chunk)
 STAGES = [
-    Stage("cg.meta", SERVICE, "/cg/meta", plan_meta, takes(GraphMetaPayload)(prepare_graph)),
+    Stage(**facts("cg.meta"), plan=plan_meta, work=prepare_graph, payload=GraphMetaPayload, result=GraphMetaResult),
     *(_layer_stage(layer) for layer in range(2, MAX_LAYERS + 1)),
-    Stage("cg.flatten", SERVICE, "/cg/flatten", plan_flatten, takes(FlattenPayload)(flatten_chunk)),
+    Stage(**facts("cg.flatten"), plan=plan_flatten, work=flatten_chunk, payload=FlattenPayload, result=FlattenResult),
 ]
 
 

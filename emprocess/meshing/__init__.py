@@ -1,3 +1,3 @@
 """Multi-resolution meshes of the ChunkedGraph's bodies (neuroglancer_multilod_draco), one level of
-detail per graph layer: ``stages`` (plan), ``levels`` (the per-chunk jobs), ``fragments`` (format),
-``layout`` (octree and locations)."""
+detail per graph layer: ``stages`` (plan), ``contracts`` (payload and result models), ``levels`` (the
+per-chunk jobs), ``fragments`` (format), ``layout`` (octree and locations)."""

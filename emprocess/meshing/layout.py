@@ -16,8 +16,7 @@ import numpy as np
 from emprocess import storage
 from emprocess.chunkedgraph.meta import GraphMeta
 from emprocess.meshing.fragments import QUANTIZATION_BITS
-
-MESH_DIRECTORY = "mesh"
+from emprocess.run_layout import MESH_FOLDER
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class MeshLayout:
 
 
 def mesh_url(segmentation: str) -> str:
-    return storage.join(segmentation, MESH_DIRECTORY)
+    return storage.join(segmentation, MESH_FOLDER)
 
 
 def manifest_url(mesh: str, root: int) -> str:

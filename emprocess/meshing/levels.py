@@ -31,6 +31,7 @@ from emprocess.chunkedgraph import chunkfile, volumes
 from emprocess.chunkedgraph.ids import consumption_layer
 from emprocess.chunkedgraph.meta import GraphMeta, chunk_url, read_meta
 from emprocess.meshing import fragments
+from emprocess.meshing.contracts import MeshLayerPayload, MeshLayerResult
 from emprocess.meshing.layout import MeshLayout, manifest_url
 from emprocess.stages import InputError
 
@@ -39,24 +40,23 @@ MIN_TRIANGLES = 8  # a part this small is kept as it is
 Fragment = tuple[int, tuple[int, int, int], bytes]  # (lod, cell position, Draco bytes)
 
 
-def mesh_chunk(payload: dict) -> dict:
-    """mesh.layerL work: payload ``{"graph", "segmentation", "mesh", "pending", "layer", "chunk",
-    "simplification_factor"}``."""
-    meta = read_meta(payload["graph"])
-    layer = int(payload["layer"])
-    coords = meta.check_chunk(layer, payload["chunk"])
+def mesh_chunk(payload: MeshLayerPayload) -> MeshLayerResult:
+    """mesh.layerL work."""
+    meta = read_meta(payload.graph)
+    layer = payload.layer
+    coords = meta.check_chunk(layer, payload.chunk)
     layout = MeshLayout.of(meta)
     if layer == 2:
-        objects = _marching_cubes(meta, layout, payload["segmentation"], coords)
+        objects = _marching_cubes(meta, layout, payload.segmentation, coords)
     else:
-        objects = _coarser(meta, layout, payload["pending"], layer, coords, float(payload["simplification_factor"]))
+        objects = _coarser(meta, layout, payload.pending, layer, coords, payload.simplification_factor)
     finished = sorted(root for root in objects if _finishes_here(meta, root, layer, coords))
-    meshes = [_root_files(payload["mesh"], layout, root, objects.pop(root)) for root in finished]
+    meshes = [_root_files(payload.mesh, layout, root, objects.pop(root)) for root in finished]
     # every fragment data file before any manifest: a manifest makes its mesh visible
     storage.write_all({url: data for (url, data), _ in meshes})
     storage.write_all(dict(manifest for _, manifest in meshes))
-    _write_pending(chunk_url(payload["pending"], layer, coords), objects)
-    return {"layer": layer, "chunk": list(coords), "roots": len(finished), "passed_up": len(objects)}
+    _write_pending(chunk_url(payload.pending, layer, coords), objects)
+    return MeshLayerResult(layer=layer, chunk=list(coords), roots=len(finished), passed_up=len(objects))
 
 
 def finish_layer(meta: GraphMeta, root: int) -> int:

@@ -2,13 +2,13 @@
 
 The aligned volume is (z, y, x) uint8 with z = slice − minz, 1×1024×1024 chunks, uncompressed; the
 pyramid blocks read it back 1024² tile by tile. The thumbnail is written last, so its presence means
-the slice is complete.
+the slice is complete. A 16-bit slice is first mapped to 8 bits by the stack's rule, which
+align.intensity stored before any warp task runs.
 """
 
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Annotated
 
 import numpy as np
@@ -16,11 +16,11 @@ from pydantic import Field, model_validator
 
 from emprocess import storage
 from emprocess.align.images import image_size, read_image
-from emprocess.pyramid.intensity import SAMPLE_SLICES, stack_rule
+from emprocess.pyramid.intensity import RuleResult, stored_rule
 from emprocess.pyramid.warp import clahe, thumbnail_png, warp
 from emprocess.pyramid.writers import ALIGNED_CHUNKS, open_zarr, zarr_chunk_key
-from emprocess.payloads import Axis, Index, Location, Payload, takes
-from emprocess.stages import InputError
+from emprocess.payloads import Axis, Index, Location, Payload
+from emprocess.stages import InputError, Result
 
 WRITE_ROWS = ALIGNED_CHUNKS[1]
 # Peak memory of one slice, fitted to what was measured (1.7 GB for a 20k × 20k 16-bit slice): the
@@ -28,23 +28,16 @@ WRITE_ROWS = ALIGNED_CHUNKS[1]
 WARP_BASE_BYTES = 100_000_000
 WARP_BYTES_PER_SOURCE_PIXEL = 2
 WARP_BYTES_PER_ALIGNED_PIXEL = 2
-
-class IntensitySample(Payload):
-    """Where the stack's 16-bit → 8-bit rule is kept, the slices it is measured on, and whether this
-    slice's task writes it."""
-
-    url: Location
-    sample: Annotated[list[Location], Field(min_length=1, max_length=SAMPLE_SLICES)]
-    writer: bool
+Size = Annotated[list[Axis], Field(min_length=2, max_length=2)]
 
 
 class WarpPayload(Payload):
     """One slice ``z`` (at ``z_index`` of ``depth`` in the aligned volume) warped by ``transform`` into a
-    ``width`` × ``height`` frame."""
+    ``width`` × ``height`` frame; ``intensity`` is where the stack's 16-bit → 8-bit rule is stored."""
 
     z: Index
     slice: Location
-    source_size: Annotated[list[Axis], Field(min_length=2, max_length=2)] | None = None
+    source_size: Size | None = None
     transform: Annotated[list[Annotated[list[float], Field(max_length=3)]], Field(max_length=3)]
     width: Axis
     height: Axis
@@ -53,7 +46,7 @@ class WarpPayload(Payload):
     clip_limit: Annotated[float, Field(ge=0, le=1)]
     aligned: Location
     thumbnail: Location
-    intensity: IntensitySample
+    intensity: Location
 
     @model_validator(mode="after")
     def _in_volume(self) -> "WarpPayload":
@@ -81,59 +74,55 @@ def aligned_chunk_urls(aligned: str, z_index: int, width: int, height: int) -> l
     return [storage.join(aligned, zarr_chunk_key((z_index, r, c))) for r in range(rows) for c in range(cols)]
 
 
-def _this_or_read(url: str, image: np.ndarray, wanted: str) -> np.ndarray:
-    return image if wanted == url else read_image(wanted)
+class WarpResult(Result):
+    """The slice's source type and size, the rule that mapped it to 8 bits (None for an 8-bit slice),
+    and, as ``files``, its thumbnail: written last, it stands for the slice's chunks too, so the
+    output check costs one request per slice, not one per chunk (~400 for a 20k² frame)."""
+
+    z: Index
+    thumbnail: str
+    source_dtype: str
+    source_size: Size
+    intensity: RuleResult | None
+    files: list[str]
 
 
-@takes(WarpPayload)
-def write_aligned_slice(payload: dict) -> dict:
+def write_aligned_slice(payload: WarpPayload) -> WarpResult:
     """Warp one slice into the aligned frame, apply CLAHE, store it and its thumbnail."""
-    z, url = payload["z"], payload["slice"]
-    width, height = payload["width"], payload["height"]
-    matrix = matrix_of(payload["transform"], z)
+    z, url = payload.z, payload.slice
+    width, height = payload.width, payload.height
+    matrix = matrix_of(payload.transform, z)
     image = read_image(url)
     source_size = [image.shape[1], image.shape[0]]
-    expected = payload.get("source_size")
-    if expected is not None and list(expected) != source_size:
+    expected = payload.source_size
+    if expected is not None and expected != source_size:
         raise InputError(f"{url}: slice {z} is {source_size[0]}×{source_size[1]}, "
                          f"but was aligned as {expected[0]}×{expected[1]}")
     source_dtype, rule = str(image.dtype), None
     if image.dtype == np.uint16:
-        intensity = payload["intensity"]
-        read = partial(_this_or_read, url, image)  # this slice may be one of the sampled ones
-        rule = stack_rule(intensity["url"], intensity["sample"], read, write=intensity["writer"])
-        del read
+        rule = stored_rule(payload.intensity, z)
         image = rule.apply(image)
     warped = warp(image, matrix, width, height)
     del image
-    out = clahe(warped, payload["clip_limit"])
+    out = clahe(warped, payload.clip_limit)
     del warped
-    volume = open_zarr(payload["aligned"], (payload["depth"], height, width), ALIGNED_CHUNKS, create=True)
-    index = payload["z_index"]
+    volume = open_zarr(payload.aligned, (payload.depth, height, width), ALIGNED_CHUNKS, create=True)
     for r0 in range(0, height, WRITE_ROWS):
         r1 = min(r0 + WRITE_ROWS, height)
-        volume[index, r0:r1, :].write(out[r0:r1]).result()
-    storage.write(payload["thumbnail"], thumbnail_png(out))
-    return {
-        "z": z,
-        "thumbnail": payload["thumbnail"],
-        "source_dtype": source_dtype,
-        "source_size": source_size,
-        "intensity": None if rule is None else {"low": rule.low, "high": rule.high},
-    }
+        volume[payload.z_index, r0:r1, :].write(out[r0:r1]).result()
+    storage.write(payload.thumbnail, thumbnail_png(out))
+    return WarpResult(z=z, thumbnail=payload.thumbnail, source_dtype=source_dtype, source_size=source_size,
+                      intensity=None if rule is None else RuleResult(low=rule.low, high=rule.high),
+                      files=[payload.thumbnail])
 
 
-def warp_memory(payload: dict) -> int:
+def warp_memory(payload: WarpPayload) -> int:
     """Peak bytes of one slice: its source (size from the payload or the header) and aligned frame."""
-    width, height = payload.get("source_size") or image_size(payload["slice"])
+    width, height = payload.source_size or image_size(payload.slice)
     return (WARP_BASE_BYTES + WARP_BYTES_PER_SOURCE_PIXEL * width * height
-            + WARP_BYTES_PER_ALIGNED_PIXEL * payload["width"] * payload["height"])
+            + WARP_BYTES_PER_ALIGNED_PIXEL * payload.width * payload.height)
 
 
-def warp_outputs(payload: dict) -> list[str]:
-    """Every file the task writes."""
-    files = aligned_chunk_urls(payload["aligned"], payload["z_index"], payload["width"], payload["height"])
-    files.append(payload["thumbnail"])
-    if payload["intensity"]["writer"]:
-        files.append(payload["intensity"]["url"])
-    return files
+def warp_outputs(payload: WarpPayload) -> list[str]:
+    """Every file the task writes: the slice's aligned chunks, then its thumbnail."""
+    return [*aligned_chunk_urls(payload.aligned, payload.z_index, payload.width, payload.height), payload.thumbnail]

@@ -4,20 +4,24 @@ Rule: take the nonzero pixels of up to ``SAMPLE_SLICES`` evenly spaced slices (e
 axis), find their 0.1 and 99.9 percentiles ``low`` and ``high`` (the smallest values whose cumulative
 count reaches that share of the pixels, from a 65536-bin histogram), and map a pixel ``v`` to 0 when it
 is 0 (outside the imaged area), else to ``round(1 + 254·(v − low)/(high − low))`` clipped to 1..255.
-The values are stored in ``<process>/align/intensity.json``. The computation depends only on the
-sample, so a warp task that finds no stored rule computes the same values; only the task of the first
-sample slice writes the file, so no two tasks ever write it.
+The values are stored in ``<process>/align/intensity.json`` by the one-task ``align.intensity`` stage,
+which runs after align.collect and before align.warp, so the sample is read once per stack and every
+warp task of a 16-bit slice only reads the stored rule. A stack whose sampled slices are all 8-bit
+needs no rule: their headers say so, no pixel is read and no file written.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Annotated, Callable
 
 import numpy as np
+from pydantic import Field
 
 from emprocess import storage
-from emprocess.stages import InputError
+from emprocess.align.images import read_header, read_image
+from emprocess.payloads import Location, Payload
+from emprocess.stages import InputError, Result
 
 PERCENTILES = (0.1, 99.9)
 SAMPLE_SLICES = 5
@@ -82,12 +86,41 @@ def document(rule: Intensity, sample: list[str]) -> dict:
     }
 
 
-def stack_rule(url: str, sample: list[str], read_image: Callable[[str], np.ndarray], write: bool) -> Intensity:
-    """The stored rule when it was made from this sample; otherwise measure it (and store it if ``write``)."""
-    doc = None if write else storage.read_json_if_exists(url)
-    if doc is not None and doc.get("sample") == sample and doc.get("sample_step") == SAMPLE_STEP:
-        return Intensity(int(doc["low"]), int(doc["high"]))
-    rule = measure(sample, read_image)
-    if write:
-        storage.write_json(url, document(rule, sample))
-    return rule
+class IntensityPayload(Payload):
+    """Measure the stack's rule on the slices ``sample`` and store it at ``url``."""
+
+    url: Location
+    sample: Annotated[list[Location], Field(min_length=1, max_length=SAMPLE_SLICES)]
+
+
+class RuleResult(Result):
+    """A stack's 16-bit → 8-bit rule: ``low``..``high`` → 1..255."""
+
+    low: int
+    high: int
+
+
+class IntensityResult(Result):
+    """The stack's rule (None for an 8-bit sample) and the files written: the rule's, or none."""
+
+    intensity: RuleResult | None
+    files: list[str]
+
+
+def write_stack_rule(payload: IntensityPayload) -> IntensityResult:
+    """Measure the rule on the sample's 16-bit slices and store it; an 8-bit sample needs none."""
+    sixteen_bit = [url for url in payload.sample if read_header(url).bits == 16]
+    if not sixteen_bit:
+        return IntensityResult(intensity=None, files=[])
+    rule = measure(sixteen_bit, read_image)
+    storage.write_json(payload.url, document(rule, payload.sample))
+    return IntensityResult(intensity=RuleResult(low=rule.low, high=rule.high), files=[payload.url])
+
+
+def stored_rule(url: str, z: int) -> Intensity:
+    """The rule align.intensity stored; an InputError when slice ``z`` is 16-bit and there is none."""
+    doc = storage.read_json_if_exists(url)
+    if doc is None:
+        raise InputError(f"slice {z} is 16-bit, but {url} holds no intensity rule "
+                         "(align.intensity writes it when a sampled slice is 16-bit)")
+    return Intensity(int(doc["low"]), int(doc["high"]))

@@ -1,15 +1,17 @@
 """The aligned-slice and pyramid stages (all served by emwrite).
 
+``align.intensity`` → one mini-task (the stack's 16-bit → 8-bit rule, see ``intensity``);
 ``align.warp`` → one mini-task per slice; ``pyramid.meta`` → one (both infos and provenance);
 ``pyramid.shard`` → one per 1024³ block (key ``x{i}_y{j}_z{k}``), writing scales 0–4;
 ``pyramid.top`` → one, the scales above 4 (no task when the block scales already reach one chunk).
-Every plan returns [] unless the conf wants the pyramid, reads only ``align/transforms.json``, and
+Every plan returns [] unless the conf wants the pyramid, reads at most ``align/transforms.json``, and
 puts every URL its work needs in the payload. ``planned_outputs`` lists the files each mini-task may
 write; the plans give every file to exactly one mini-task.
 
 Payloads:
+  align.intensity {url, sample: [slice URLs]}
   align.warp     {z, slice, source_size, transform, width, height, depth, z_index, clip_limit, aligned,
-                  thumbnail, intensity: {url, sample: [slice URLs], writer: bool}}
+                  thumbnail, intensity (the rule's URL)}
   pyramid.meta   {jpeg, raw|null, layout, jpeg_quality, provenance: {description, sources, owners, method}}
   pyramid.shard  {block: [i, j, k], aligned, jpeg, raw|null, seed|null, layout, jpeg_quality}
   pyramid.top    {seed, jpeg, raw|null, layout, jpeg_quality}
@@ -23,17 +25,26 @@ from typing import Annotated, Any
 from pydantic import Field, model_validator
 
 from emprocess import storage
+from emprocess.registry import facts
 from emprocess.align import transforms_url
-from emprocess.pyramid.aligned import warp_memory, warp_outputs, write_aligned_slice
+from emprocess.align.images import image_size
+from emprocess.pyramid.aligned import (
+    WARP_BASE_BYTES,
+    WARP_BYTES_PER_SOURCE_PIXEL,
+    WarpPayload,
+    WarpResult,
+    warp_memory,
+    warp_outputs,
+    write_aligned_slice,
+)
 from emprocess.pyramid.build import build_block, build_top
-from emprocess.pyramid.intensity import sample_slices
+from emprocess.pyramid.intensity import IntensityPayload, IntensityResult, sample_slices, write_stack_rule
 from emprocess.pyramid.layout import BLOCK, PyramidLayout
 from emprocess.pyramid.meta import write_info, write_provenance
 from emprocess.pyramid.writers import SEED_CHUNKS, zarr_chunk_key
-from emprocess.payloads import MAX_TEXT, MAX_URLS, Coords, Layout, Location, Payload, takes
-from emprocess.stages import InputError, MiniTask, RunContext, Stage
+from emprocess.payloads import MAX_TEXT, MAX_URLS, Coords, Layout, Location, Payload
+from emprocess.stages import InputError, MiniTask, Result, RunContext, Stage
 
-THUMBNAILS = "align/thumbnails"  # under the process location, one ``<z>.png`` per slice
 # Peak memory, as measured (the README's table): 1.5 GB for a whole 1024³ block (JPEG + raw), and for
 # the top task 1.2 bytes per 4096 voxels of the volume.
 SHARD_BASE_BYTES = 100_000_000
@@ -92,17 +103,26 @@ class TopPayload(Payload):
     jpeg_quality: Quality
 
 
-def thumbnail_url(ctx: RunContext, z: int) -> str:
-    return storage.join(ctx.locations.process, THUMBNAILS, f"{z}.png")
+class MetaResult(Result):
+    """The info and provenance files written, and the volume's number of scales."""
+
+    files: list[str]
+    scales: int
 
 
-def intensity_url(ctx: RunContext) -> str:
-    return storage.join(ctx.locations.process, "align", "intensity.json")
+class ShardResult(Result):
+    """The block, the scales written for it, and every file written."""
+
+    block: Coords
+    scales: list[int]
+    files: list[str]
 
 
-def seed_url(ctx: RunContext) -> str:
-    """The exact last block scale, for the top task (tmp location)."""
-    return storage.join(ctx.locations.tmp, "pyramid_seed")
+class TopResult(Result):
+    """The scales above the blocks' and every file written."""
+
+    scales: list[int]
+    files: list[str]
 
 
 def read_transforms(ctx: RunContext) -> dict:
@@ -129,6 +149,26 @@ def _raw_url(ctx: RunContext) -> str | None:
     return ctx.locations.raw if ctx.conf.createRawPyramid else None
 
 
+# align.intensity ----------------------------------------------------------------------------------
+
+def plan_intensity(ctx: RunContext) -> list[MiniTask]:
+    if not ctx.wants("pyramid"):
+        return []
+    conf = ctx.conf
+    sample = [conf.slice_url(z) for z in sample_slices(conf.minz, conf.maxz)]
+    return [{"key": "intensity", "payload": {"url": ctx.locations.intensity, "sample": sample}}]
+
+
+def intensity_memory(payload: IntensityPayload) -> int:
+    """Peak bytes: one decoded sample slice at a time (sizes from the headers), as a warp task's source."""
+    largest = max(w * h for w, h in map(image_size, payload.sample))
+    return WARP_BASE_BYTES + WARP_BYTES_PER_SOURCE_PIXEL * largest
+
+
+def intensity_outputs(payload: IntensityPayload) -> list[str]:
+    return [payload.url]
+
+
 # align.warp ---------------------------------------------------------------------------------------
 
 def plan_warp(ctx: RunContext) -> list[MiniTask]:
@@ -136,7 +176,6 @@ def plan_warp(ctx: RunContext) -> list[MiniTask]:
         return []
     transforms = read_transforms(ctx)
     conf = ctx.conf
-    sample = sample_slices(conf.minz, conf.maxz)
     tasks = []
     for z in conf.z_range:
         if str(z) not in transforms.get("transforms", {}):
@@ -152,15 +191,10 @@ def plan_warp(ctx: RunContext) -> list[MiniTask]:
             "z_index": z - conf.minz,
             "clip_limit": conf.clip_limit,
             "aligned": ctx.locations.aligned,
-            "thumbnail": thumbnail_url(ctx, z),
-            "intensity": {"url": intensity_url(ctx), "sample": [conf.slice_url(s) for s in sample],
-                          "writer": z == sample[0]},
+            "thumbnail": ctx.locations.thumbnail(z),
+            "intensity": ctx.locations.intensity,
         }})
     return tasks
-
-
-def thumbnail_written(payload: dict, result: dict) -> bool:
-    return storage.exists(payload["thumbnail"])
 
 
 # pyramid.meta -------------------------------------------------------------------------------------
@@ -183,26 +217,28 @@ def plan_meta(ctx: RunContext) -> list[MiniTask]:
     }}]
 
 
-@takes(PyramidMetaPayload)
-def write_meta(payload: dict) -> dict:
+def write_meta(payload: PyramidMetaPayload) -> MetaResult:
     """Write the info and provenance of the JPEG (and raw) volume."""
-    layout = PyramidLayout.from_json(payload["layout"])
+    layout = _layout(payload)
+    prov = payload.provenance
     written = []
     for url, encoding in _volumes(payload):
-        written.append(write_info(url, layout, encoding, payload["jpeg_quality"] if encoding == "jpeg" else None))
-        prov = payload["provenance"]
-        method = dict(prov["method"], encoding=encoding)
-        written.append(write_provenance(url, f"{prov['description']} ({encoding})", prov["sources"], prov["owners"],
-                                        method))
-    return {"files": written, "scales": layout.num_scales}
+        written.append(write_info(url, layout, encoding, payload.jpeg_quality if encoding == "jpeg" else None))
+        method = dict(prov.method, encoding=encoding)
+        written.append(write_provenance(url, f"{prov.description} ({encoding})", prov.sources, prov.owners, method))
+    return MetaResult(files=written, scales=layout.num_scales)
 
 
-def meta_outputs(payload: dict) -> list[str]:
+def meta_outputs(payload: PyramidMetaPayload) -> list[str]:
     return [storage.join(url, name) for url, _ in _volumes(payload) for name in ("info", "provenance")]
 
 
-def _volumes(payload: dict) -> list[tuple[str, str]]:
-    return [(payload["jpeg"], "jpeg")] + ([(payload["raw"], "raw")] if payload.get("raw") else [])
+def _volumes(payload: PyramidMetaPayload | ShardPayload | TopPayload) -> list[tuple[str, str]]:
+    return [(payload.jpeg, "jpeg")] + ([(payload.raw, "raw")] if payload.raw else [])
+
+
+def _layout(payload: PyramidMetaPayload | ShardPayload | TopPayload) -> PyramidLayout:
+    return PyramidLayout.from_json(payload.layout.model_dump())
 
 
 # pyramid.shard ------------------------------------------------------------------------------------
@@ -211,7 +247,7 @@ def plan_shard(ctx: RunContext) -> list[MiniTask]:
     if not ctx.wants("pyramid"):
         return []
     layout = run_layout(ctx)
-    seed = seed_url(ctx) if layout.top_scales else None
+    seed = ctx.locations.pyramid_seed if layout.top_scales else None
     return [{"key": f"x{i}_y{j}_z{k}", "payload": {
         "block": [i, j, k],
         "aligned": ctx.locations.aligned,
@@ -223,33 +259,30 @@ def plan_shard(ctx: RunContext) -> list[MiniTask]:
     }} for i, j, k in layout.blocks()]
 
 
-@takes(ShardPayload)
-def write_shard(payload: dict) -> dict:
+def write_shard(payload: ShardPayload) -> ShardResult:
     """Write every block scale of one 1024³ block (JPEG and raw) and its seed for the top task."""
-    layout = PyramidLayout.from_json(payload["layout"])
-    block = tuple(payload["block"])
-    build_block(payload["aligned"], payload["jpeg"], payload.get("raw"), payload.get("seed"), layout, block,
-                payload["jpeg_quality"])
-    return {"block": list(block), "scales": list(layout.block_scales), "files": shard_outputs(payload)}
+    layout = _layout(payload)
+    build_block(payload.aligned, payload.jpeg, payload.raw, payload.seed, layout, tuple(payload.block),
+                payload.jpeg_quality)
+    return ShardResult(block=payload.block, scales=list(layout.block_scales), files=shard_outputs(payload))
 
 
-def shard_memory(payload: dict) -> int:
+def shard_memory(payload: ShardPayload) -> int:
     """Peak bytes of one block: grows with its voxels (a block at the volume's edge is smaller)."""
-    size = payload["layout"]["size"]
     voxels = 1
-    for n, b in zip(size, payload["block"]):
+    for n, b in zip(payload.layout.size, payload.block):
         voxels *= min(BLOCK, n - b * BLOCK)
     return int(SHARD_BASE_BYTES + SHARD_BYTES_PER_VOXEL * voxels)
 
 
-def shard_outputs(payload: dict) -> list[str]:
-    layout = PyramidLayout.from_json(payload["layout"])
-    block = tuple(payload["block"])
+def shard_outputs(payload: ShardPayload) -> list[str]:
+    layout = _layout(payload)
+    block = tuple(payload.block)
     files = [storage.join(url, path) for url, _ in _volumes(payload) for path in layout.block_shard_paths(block)]
-    if payload.get("seed"):
+    if payload.seed:
         (x0, y0, z0), _ = layout.block_box(block, layout.block_scales[-1])
-        files.append(storage.join(payload["seed"], zarr_chunk_key((z0 // SEED_CHUNKS[0], y0 // SEED_CHUNKS[1],
-                                                                   x0 // SEED_CHUNKS[2]))))
+        files.append(storage.join(payload.seed, zarr_chunk_key((z0 // SEED_CHUNKS[0], y0 // SEED_CHUNKS[1],
+                                                                x0 // SEED_CHUNKS[2]))))
     return files
 
 
@@ -262,7 +295,7 @@ def plan_top(ctx: RunContext) -> list[MiniTask]:
     if not layout.top_scales:
         return []
     return [{"key": "top", "payload": {
-        "seed": seed_url(ctx),
+        "seed": ctx.locations.pyramid_seed,
         "jpeg": ctx.locations.jpeg,
         "raw": _raw_url(ctx),
         "layout": layout.to_json(),
@@ -270,40 +303,47 @@ def plan_top(ctx: RunContext) -> list[MiniTask]:
     }}]
 
 
-@takes(TopPayload)
-def write_top(payload: dict) -> dict:
+def write_top(payload: TopPayload) -> TopResult:
     """Write the scales above the block scales, down to a single chunk."""
-    layout = PyramidLayout.from_json(payload["layout"])
-    build_top(payload["seed"], payload["jpeg"], payload.get("raw"), layout, payload["jpeg_quality"])
-    return {"scales": list(layout.top_scales), "files": top_outputs(payload)}
+    layout = _layout(payload)
+    build_top(payload.seed, payload.jpeg, payload.raw, layout, payload.jpeg_quality)
+    return TopResult(scales=list(layout.top_scales), files=top_outputs(payload))
 
 
-def top_memory(payload: dict) -> int:
+def top_memory(payload: TopPayload) -> int:
     """Peak bytes of the top task: grows with the whole volume's voxels."""
-    x, y, z = payload["layout"]["size"]
+    x, y, z = payload.layout.size
     return int(TOP_BASE_BYTES + TOP_BYTES_PER_VOXEL * x * y * z)
 
 
-def top_outputs(payload: dict) -> list[str]:
-    layout = PyramidLayout.from_json(payload["layout"])
-    return [storage.join(url, path) for url, _ in _volumes(payload) for path in layout.top_shard_paths()]
+def top_outputs(payload: TopPayload) -> list[str]:
+    return [storage.join(url, path) for url, _ in _volumes(payload) for path in _layout(payload).top_shard_paths()]
 
 
-def outputs_written(payload: dict, result: dict) -> bool:
-    return all(storage.exists(url) for url in result["files"])
+def outputs_written(payload: Payload, result: Result) -> bool:
+    """Every file the work reports having written (its result's ``files``) is there."""
+    return all(storage.exists(url) for url in result.files)
 
 
-WARP = Stage("align.warp", "emwrite", "/alignedslice", plan_warp, write_aligned_slice, thumbnail_written,
-             memory=warp_memory)
-META = Stage("pyramid.meta", "emwrite", "/ngmeta", plan_meta, write_meta, outputs_written)
-SHARD = Stage("pyramid.shard", "emwrite", "/ngshard", plan_shard, write_shard, outputs_written,
-              memory=shard_memory)
-TOP = Stage("pyramid.top", "emwrite", "/ngtop", plan_top, write_top, outputs_written, memory=top_memory)
-STAGES = [WARP, META, SHARD, TOP]
+INTENSITY = Stage(**facts("align.intensity"), plan=plan_intensity, work=write_stack_rule, payload=IntensityPayload,
+                  result=IntensityResult, check=outputs_written, memory=intensity_memory)
+WARP = Stage(**facts("align.warp"), plan=plan_warp, work=write_aligned_slice, payload=WarpPayload, result=WarpResult,
+             check=outputs_written, memory=warp_memory)
+META = Stage(**facts("pyramid.meta"), plan=plan_meta, work=write_meta, payload=PyramidMetaPayload, result=MetaResult,
+             check=outputs_written)
+SHARD = Stage(**facts("pyramid.shard"), plan=plan_shard, work=write_shard, payload=ShardPayload, result=ShardResult,
+              check=outputs_written, memory=shard_memory)
+TOP = Stage(**facts("pyramid.top"), plan=plan_top, work=write_top, payload=TopPayload, result=TopResult,
+            check=outputs_written, memory=top_memory)
+ALIGN_STAGES = [INTENSITY, WARP]
+STAGES = [META, SHARD, TOP]
 
-_OUTPUTS = {WARP.name: warp_outputs, META.name: meta_outputs, SHARD.name: shard_outputs, TOP.name: top_outputs}
+_OUTPUTS = {stage.name: (stage, outputs) for stage, outputs in ((INTENSITY, intensity_outputs), (WARP, warp_outputs),
+                                                                  (META, meta_outputs), (SHARD, shard_outputs),
+                                                                  (TOP, top_outputs))}
 
 
 def planned_outputs(stage: str, payload: dict) -> list[str]:
     """The files one mini-task of ``stage`` may write, from its payload alone."""
-    return _OUTPUTS[stage](payload)
+    found, outputs = _OUTPUTS[stage]
+    return outputs(found.parse_payload(payload))

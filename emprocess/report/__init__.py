@@ -11,9 +11,8 @@ from emprocess import storage
 from emprocess.report.page import render, shown_thumbnails
 from emprocess.report.previews import previews
 from emprocess.report.summary import run_summary
+from emprocess.run_layout import REPORT_FILES
 from emprocess.stages import RunContext, Stage
-
-REPORT_FILES = {"json": "report.json", "html": "report.html"}  # in the process location
 
 
 def refused_report(failures: list[dict]) -> dict:
@@ -33,7 +32,7 @@ def write_report(ctx: RunContext, stages: list[Stage], failures: list[dict] | No
     """Write report.json and report.html; returns their URLs. ``failures``: the run's failed tasks,
     ``{"task", "error"}`` each (the DAG's report task knows them; storage does not)."""
     summary = {**run_summary(ctx, stages), "failures": failures or []}
-    urls = {kind: storage.join(ctx.locations.process, name) for kind, name in REPORT_FILES.items()}
+    urls = {kind: ctx.locations.report(kind) for kind in REPORT_FILES}
     storage.write_json(urls["json"], summary)
     shown = [t["path"] for t in shown_thumbnails(summary["thumbnails"])]
     storage.write(urls["html"], render(summary, previews(ctx.locations.process, shown)).encode())

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from emprocess import storage
 from emprocess.align import transforms_url
 from emprocess.batch import TIMING, stage_status
-from emprocess.pyramid.stages import THUMBNAILS
+from emprocess.run_layout import CACHE_SUFFIX, PAIRS_FILE, THUMBNAIL_SUFFIX, THUMBNAILS
 from emprocess.stages import RunContext, Stage
 
 READ_THREADS = 16
@@ -25,8 +25,8 @@ READ_THREADS = 16
 
 def run_summary(ctx: RunContext, stages: list[Stage]) -> dict:
     process = ctx.locations.process
-    init = storage.read_json_if_exists(storage.join(process, "init.json")) or {}
-    complete = storage.read_json_if_exists(storage.join(process, "complete.json")) or {}
+    init = storage.read_json_if_exists(ctx.locations.init) or {}
+    complete = storage.read_json_if_exists(ctx.locations.complete) or {}
     return {
         "run_id": ctx.run_id,
         "run_key": ctx.key,
@@ -52,7 +52,7 @@ def stage_timings(ctx: RunContext, stages: list[Stage]) -> list[dict]:
     with ThreadPoolExecutor(READ_THREADS) as pool:
         for name, counts in stage_status(ctx, stages).items():
             folder = ctx.cache_dir(name)
-            urls = [storage.join(folder, key) for key in storage.listdir(folder) if key.endswith(".json")]
+            urls = [storage.join(folder, key) for key in storage.listdir(folder) if key.endswith(CACHE_SUFFIX)]
             timings = [entry[TIMING] for entry in pool.map(storage.read_json, urls) if TIMING in entry]
             rows.append({"stage": name, **counts, **_span(timings)})
     return rows
@@ -75,7 +75,7 @@ def _span(timings: list[dict]) -> dict:
 def alignment(process: str) -> dict | None:
     """The alignment's outcome per pair, or None before align.collect has run."""
     transforms = storage.read_json_if_exists(transforms_url(process))
-    pairs = storage.read_json_if_exists(storage.join(process, "align", "pairs.json"))
+    pairs = storage.read_json_if_exists(storage.join(process, PAIRS_FILE))
     if transforms is None or pairs is None:
         return None
     return {
@@ -107,7 +107,7 @@ def thumbnails(process: str) -> list[dict]:
     """{"z", "path"} of each thumbnail written, in z order; ``path`` is relative to the process location."""
     found = []
     for name in storage.listdir(storage.join(process, THUMBNAILS)):
-        stem = name.removesuffix(".png")
+        stem = name.removesuffix(THUMBNAIL_SUFFIX)
         if stem.isdigit() and "/" not in name:
             found.append({"z": int(stem), "path": f"{THUMBNAILS}/{name}"})
     return sorted(found, key=lambda t: t["z"])

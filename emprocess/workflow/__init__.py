@@ -1,5 +1,6 @@
 """Airflow-only code: the batch operator, task groups and the DAG factory."""
 
+WIDTHS = (1, 4, 16, 32, 64, 128)  # the DAGs built: emprocess_width{W}, W workers per wide stage
 REPORT_TASK = "report"  # the DAG's report task: its result is a refused run's report
 
 

@@ -1,8 +1,10 @@
 """Build the fixed-width DAGs ``emprocess_width{W}_v{MAJOR.MINOR}``.
 
-The DAG's shape depends on W only: every stage is one mapped task over the literal worker indices
-0..W-1 (ChunkedGraph layers near the root get fewer, see ``layer_width``), and worker i takes the
-mini-tasks whose index ≡ i (mod W), so any dataset runs on any DAG. Mapping keeps the serialized DAG
+The DAG is derived from the stage table (``registry``): one task group per stage group, in the
+table's order, and in it one mapped task per stage over the literal worker indices 0..W-1 (one for a
+stage that is not ``wide``; graph and mesh layers near the root get fewer, see ``layer_width``, each
+layer in its own sub-group). Worker i takes the mini-tasks whose index ≡ i (mod W), so the DAG's
+shape depends on W only and any dataset runs on any DAG. Mapping keeps the serialized DAG
 as small for W = 128 as for W = 1: Airflow serializes (and re-hashes on every parse) each task with
 all the run conf's Params.
 
@@ -18,16 +20,13 @@ import copy
 
 from airflow.sdk import DAG, Connection, Param, TaskGroup, TriggerRule, get_current_context, get_parsing_context, task
 
-from emprocess import MAJOR_MINOR, config
-from emprocess.chunkedgraph.layers import MAX_LAYERS, layer_width
-from emprocess.workflow import REPORT_TASK, task_name
-from emprocess.workflow.operators import ERROR_XCOM, SERVICE_POOLS, BatchStageOperator, failing_at_once
+from emprocess import MAJOR_MINOR, config, registry
+from emprocess.chunkedgraph.layers import layer_width
+from emprocess.stages import Facts
+from emprocess.workflow import REPORT_TASK, WIDTHS, task_name
+from emprocess.workflow.operators import ERROR_XCOM, BatchStageOperator, failing_at_once
 
-WIDTHS = (1, 4, 16, 32, 64, 128)
-POOLS = {
-    "emprocess_align": "concurrent calls to the alignment (fiji) service",
-    "emprocess_write": "concurrent calls to the emwrite service",
-}
+POOLS = {service.pool: service.description for service in registry.SERVICES.values()}
 THREADS_PER_WORKER = 4
 SMTP_CONNECTION = "smtp_default"  # where the run-ended mail goes out (AIRFLOW_CONN_SMTP_DEFAULT)
 JSON_SCHEMA_DRAFT = "http://json-schema.org/draft-07/schema#"
@@ -161,7 +160,7 @@ def report_task() -> dict:
                 for task_id, index in failed]
     if ("validate", -1) in failed:
         return refused_report(failures)
-    return write_report(_context(), list(registry.stages().values()), failures)
+    return write_report(_context(), registry.pipeline(), failures)
 
 
 @task(task_id="notify")
@@ -194,27 +193,53 @@ def workers(stage: str, service: str | None, width: int, task_id: str, **options
         stage=stage,
         width=width,
         threads=THREADS_PER_WORKER,
-        pool=SERVICE_POOLS.get(service, "default_pool"),
+        pool=registry.SERVICES[service].pool if service else registry.IN_PROCESS_POOL,
         pool_slots=THREADS_PER_WORKER if service else 1,
         **options,
     ).expand(worker=list(range(width)))
 
 
-def layer_groups(stage_prefix: str, width: int, first, gate):
-    """One sub-group per graph layer 2..MAX_LAYERS (stage ``f"{stage_prefix}{layer}"``), each after
-    the one below, the first after ``first``; above layer 2 each opens with its ``exists`` gate, which
-    also hangs from the group's ``gate`` (see ``build_dag``). Returns the top one's workers."""
-    previous = first
-    for layer in range(2, MAX_LAYERS + 1):
-        with TaskGroup(f"layer{layer}"):
-            current = workers(f"{stage_prefix}{layer}", "emwrite", layer_width(layer, width), "worker")
+def stage_width(stage: Facts, width: int) -> int:
+    """How many workers ``stage`` gets in the DAG of ``width``."""
+    if stage.layer is not None:
+        return layer_width(stage.layer, width)
+    return width if stage.wide else 1
+
+
+def stage_workers(stage: Facts, width: int, **options):
+    return workers(stage.name, stage.service, stage_width(stage, width), stage.task, **options)
+
+
+def group_tasks(group: str, width: int) -> None:
+    """The group's stages in the table's order, each after the one before, every one also after the
+    group's ``wanted`` gate. Each graph or mesh layer sits in a sub-group ``layer{N}``; above layer 2
+    it opens with its ``exists`` gate. A stage after the layers runs once the top layer that exists
+    is done (those above it are skipped) and the stage before the layers succeeded."""
+    gate = wanted_task(group)
+    previous, below_layers = gate, None
+    for stage in registry.group_facts(group):
+        if stage.layer is None:
+            if below_layers is None:
+                current = stage_workers(stage, width)
+                previous >> current
+            else:
+                current = stage_workers(stage, width, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+                [previous, below_layers] >> current
+                below_layers = None
+            gate >> current
+            previous = current
+            continue
+        if below_layers is None:
+            below_layers = previous
+        with TaskGroup(f"layer{stage.layer}"):
+            current = stage_workers(stage, width)
             entry = current
-            if layer > 2:
-                entry = layer_exists_task(layer)
-                [gate, entry] >> current
-        previous >> entry
+            if stage.layer > 2:
+                entry = layer_exists_task(stage.layer)
+                entry >> current
+            [gate, previous] >> entry
+            gate >> current
         previous = current
-    return previous
 
 
 def build_dag(width: int) -> DAG:
@@ -234,37 +259,15 @@ def build_dag(width: int) -> DAG:
     ) as dag:
         env = create_env_task()
         validate_task() >> env
-        with TaskGroup("align") as align:
-            gate = wanted_task("align")
-            pairs = workers("align.pairs", "fiji", width, "pairs")
-            collect = workers("align.collect", None, 1, "collect")
-            warp = workers("align.warp", "emwrite", width, "warp")
-            gate >> pairs >> collect >> warp
-            gate >> [collect, warp]
-        with TaskGroup("pyramid") as pyramid:
-            gate = wanted_task("pyramid")
-            meta = workers("pyramid.meta", "emwrite", 1, "ngmeta")
-            shards = workers("pyramid.shard", "emwrite", width, "shard")
-            top = workers("pyramid.top", "emwrite", 1, "top")
-            gate >> meta >> shards >> top
-            gate >> [shards, top]
-        with TaskGroup("chunkedgraph") as chunkedgraph:
-            gate = wanted_task("chunkedgraph")
-            graph_meta = workers("cg.meta", "emwrite", 1, "cg_meta")
-            gate >> graph_meta
-            top = layer_groups("cg.layer", width, graph_meta, gate)
-            # after the top layer that exists: the layers above it are skipped, cg.meta succeeded
-            [top, graph_meta] >> workers("cg.flatten", "emwrite", width, "flatten",
-                                         trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-        with TaskGroup("meshing") as meshing:
-            gate = wanted_task("meshing")
-            mesh_meta = workers("mesh.meta", "emwrite", 1, "mesh_meta")
-            gate >> mesh_meta
-            layer_groups("mesh.layer", width, mesh_meta, gate)
+        groups = []
+        for name in config.STAGES:
+            with TaskGroup(name) as group:
+                group_tasks(name, width)
+            groups.append(group)
         publish = publish_task.override(trigger_rule=TriggerRule.NONE_FAILED)()
-        env >> align >> pyramid >> chunkedgraph >> meshing >> publish
-        env >> [align.get_child_by_label("wanted"), pyramid.get_child_by_label("wanted"),
-                chunkedgraph.get_child_by_label("wanted"), meshing.get_child_by_label("wanted"), publish]
+        for before, after in zip([env, *groups], [*groups, publish]):
+            before >> after
+        env >> [*(group.get_child_by_label("wanted") for group in groups), publish]
         report = report_task().as_teardown()
         publish >> report >> notify_task().as_teardown()
     return dag

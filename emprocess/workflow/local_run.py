@@ -31,19 +31,17 @@ from typing import Iterator, TextIO
 
 import requests
 
-from emprocess import storage
+from emprocess import run_layout, storage
 from emprocess.config import ConfError, parse_conf
 from emprocess.stages import RunContext
+from emprocess.registry import SERVICES
+from emprocess.run_layout import AIRFLOW_LOG, LOG_FOLDER, service_log_name
 from emprocess.workflow import task_name
 
 log = logging.getLogger("emprocess.run")
 
-SERVICES = {"fiji": ("ALIGN_CLOUD_RUN", "containers.fiji.app:app"),
-            "emwrite": ("IMG_WRITE", "containers.emwrite.app:app")}
 DAG_FILE = "from emprocess.workflow.dag_factory import build_all\n\nglobals().update(build_all())  # airflow dag\n"
 POOL_SLOTS = 64
-LOG_FOLDER = "logs"  # a run's logs, in its process location
-AIRFLOW_LOG = "airflow.log"  # Airflow's log, with all else this process writes while the run goes
 ECHO_JOIN_SECONDS = 10  # how long the end of a run waits for the log's echo to drain
 
 
@@ -59,7 +57,7 @@ class RunResult:
 
 
 def service_log(log_dir: Path, name: str) -> Path:
-    return log_dir / f"{name}.log"
+    return log_dir / service_log_name(name)
 
 
 def run_log_folder(process: str) -> Path:
@@ -112,7 +110,7 @@ def service(name: str, allowed: list[str], log_dir: Path):
     env = dict(os.environ, EMPROCESS_ALLOWED_PREFIXES=",".join(allowed))
     log_file = open(service_log(log_dir, name), "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", SERVICES[name][1], "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "uvicorn", SERVICES[name].app, "--host", "127.0.0.1", "--port", str(port),
          "--log-level", "warning"],
         env=env, stdout=log_file, stderr=subprocess.STDOUT,
     )
@@ -142,7 +140,7 @@ def service(name: str, allowed: list[str], log_dir: Path):
 
 def allowed_prefixes(conf) -> list[str]:
     """The run reads its source and writes the locations named after it, plus the segmentation inputs."""
-    prefixes = storage.run_prefixes(conf.source)
+    prefixes = run_layout.run_prefixes(conf.source)
     if conf.segmentation is not None:
         for url in (conf.segmentation.watershed, conf.segmentation.agglomeration):
             if url:
@@ -336,9 +334,9 @@ def run_local(run: LocalRun, width: int = 1) -> RunResult:
     with ExitStack() as stack:
         home = airflow_home()
         allowed = allowed_prefixes(run.ctx.conf)
-        for name, (conn_id, _) in SERVICES.items():
-            url = stack.enter_context(service(name, allowed, run.logs.folder))
-            os.environ[f"AIRFLOW_CONN_{conn_id}"] = url
+        for svc in SERVICES.values():
+            url = stack.enter_context(service(svc.name, allowed, run.logs.folder))
+            os.environ[f"AIRFLOW_CONN_{svc.connection}"] = url
         log.info("services up; initialising Airflow in %s", home)
 
         from airflow.models.pool import Pool

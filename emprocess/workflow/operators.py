@@ -12,16 +12,12 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from emprocess import registry
 from emprocess.batch import run_share
-from emprocess.config import ConfError
+from emprocess.errors import is_bad_input
 from emprocess.redact import redact
-from emprocess.stages import InputError, RunContext
+from emprocess.stages import RunContext
 
 if TYPE_CHECKING:
     from emprocess.workflow.service_client import ServiceClient
-
-SERVICE_CONNECTIONS = {"fiji": "ALIGN_CLOUD_RUN", "emwrite": "IMG_WRITE"}
-SERVICE_POOLS = {"fiji": "emprocess_align", "emwrite": "emprocess_write"}
-
 
 ERROR_XCOM = "error"  # where a failed task leaves its error for the run's report
 
@@ -33,11 +29,8 @@ def failing_at_once() -> Iterator[None]:
     try:
         yield
     except Exception as err:
-        from emprocess.workflow.service_client import PermanentError  # imports requests, which parsing need not
-
         get_current_context()["ti"].xcom_push(key=ERROR_XCOM, value=redact(f"{type(err).__name__}: {err}"))
-        # errors that a retry of the task would only meet again: the input or the conf is wrong
-        if isinstance(err, (PermanentError, InputError, ConfError)):
+        if is_bad_input(err):  # a retry of the task would only meet it again
             raise AirflowFailException(str(err)) from err
         raise
 
@@ -85,9 +78,9 @@ class BatchStageOperator(BaseOperator):
         with failing_at_once():
             ctx = RunContext.create(context["dag_run"].conf or {}, context["run_id"])
             if stage.service is None:
-                call = lambda task: stage.work(task["payload"])  # noqa: E731
+                call = lambda task: stage.execute(task["payload"])  # noqa: E731
             else:
-                client = client_for(SERVICE_CONNECTIONS[stage.service], self._stop)
+                client = client_for(registry.SERVICES[stage.service].connection, self._stop)
                 call = lambda task: client.post(stage.endpoint, task["payload"])  # noqa: E731
             summary = run_share(stage, ctx, self.worker, self.width, call, threads=self.threads, stop=self._stop)
         self.log.info("%s", summary)

@@ -26,13 +26,14 @@ from sqlalchemy import select
 
 from emprocess import storage
 from emprocess.config import ConfError
-from emprocess.pyramid.stages import THUMBNAILS
-from emprocess.report import REPORT_FILES, refusal
+from emprocess.report import refusal
 from emprocess.report.page import render_refused
+from emprocess.run_layout import REPORT_FILES, THUMBNAIL_SUFFIX, THUMBNAILS
 from emprocess.stages import RunContext
 from emprocess.workflow import REPORT_TASK
 
-SERVED = re.compile("|".join([*map(re.escape, REPORT_FILES.values()), re.escape(THUMBNAILS) + r"/\d+\.png"]))
+SERVED = re.compile("|".join([*map(re.escape, REPORT_FILES.values()),
+                              re.escape(THUMBNAILS) + r"/\d+" + re.escape(THUMBNAIL_SUFFIX)]))
 MEDIA_TYPES = {"html": "text/html; charset=utf-8", "json": "application/json", "png": "image/png"}
 # The page is static and escaped; the policy keeps it inert even so: no scripts, frames or requests
 # anywhere but its embedded previews and its own thumbnails.

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import requests
 
 from emprocess.batch import Stopped
+from emprocess.errors import InputError
 
 log = logging.getLogger("emprocess.service_client")
 
@@ -29,8 +30,8 @@ TRUNCATED = (requests.exceptions.ChunkedEncodingError, requests.exceptions.Conte
              requests.JSONDecodeError)
 
 
-class PermanentError(RuntimeError):
-    """The service rejected the mini-task (4xx); retrying cannot help."""
+class PermanentError(InputError):
+    """The service rejected the mini-task (4xx): bad input, which retrying cannot mend."""
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Bad-input cases about storage: see ``refusals``. A store a case needs is started the first time a
+"""Bad-input cases about storage: see ``support.refusals``. A store a case needs is started the first time a
 case runs against it and kept until this process exits: moto (S3) and gcp-storage-emulator (GCS) in
 this process, and a moto that checks credentials in its own (moto's switch is per process)."""
 
@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from refusals import Case
+from support.refusals import Case
 
 BUCKET = "emprocess-refusals"  # on endpoints that cannot answer about it
 MISSING = "emprocess-no-such-bucket"  # never made

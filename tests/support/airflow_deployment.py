@@ -28,7 +28,7 @@ import requests
 
 from emprocess.workflow.local_run import free_port
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 PG_USER = "postgres"
 
 

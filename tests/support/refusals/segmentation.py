@@ -1,4 +1,4 @@
-"""Bad-input cases about segmentation: see ``refusals``. The watershed and the table live in the stack
+"""Bad-input cases about segmentation: see ``support.refusals``. The watershed and the table live in the stack
 folder (under the run's allowed prefixes); the good watershed is the stack's size, 16 supervoxels in
 4×4 columns, stored in 32×32×4 chunks, graphed in 32×32×16 chunks."""
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import tensorstore as ts
-from refusals import SIZE, SLICES, Case
+from support.refusals import SIZE, SLICES, Case
 
-from emprocess import storage
+from emprocess import run_layout, storage
 from emprocess.config import run_key
 
 WATERSHED = "ws"
@@ -92,7 +92,7 @@ def truncated_chunk(src: Path) -> None:
 def reused_alignment(src: Path) -> None:
     """The transforms of run REUSED_RUN: an aligned canvas 120 px wide."""
     source = f"file://{src}"
-    process = storage.run_locations(source, run_key(REUSED_RUN, source)).process
+    process = run_layout.run_locations(source, run_key(REUSED_RUN, source)).process
     transforms = {"minz": 0, "maxz": SLICES - 1, "width": SIZE + 24, "height": SIZE, "transforms": {},
                   "source_sizes": {}}
     storage.write_json(storage.join(process, "align", "transforms.json"), transforms)

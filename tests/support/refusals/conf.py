@@ -1,4 +1,4 @@
-"""Bad-input cases about the conf (and the first slice checks): see ``refusals``."""
+"""Bad-input cases about the conf (and the first slice checks): see ``support.refusals``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from refusals import SIZE, Case
+from support.refusals import SIZE, Case
 
 
 def truncate(src: Path) -> None:

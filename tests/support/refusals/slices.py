@@ -1,4 +1,4 @@
-"""Bad-input cases about slices, all found from headers (see ``refusals``): colour, depth, sample type,
+"""Bad-input cases about slices, all found from headers (see ``support.refusals``): colour, depth, sample type,
 size, format and damage anywhere in the stack, each offending slice named. Cases on TIFF stacks
 switch the template to ``img%03d.tif`` and rewrite the stack as TIFF before spoiling it."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from refusals import SIZE, SLICES, Case
+from support.refusals import SIZE, SLICES, Case
 
 
 def name(z: int, ext: str = "png") -> str:

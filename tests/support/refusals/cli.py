@@ -1,11 +1,11 @@
-"""Bad-input cases about the command line and the conf file: see ``refusals``."""
+"""Bad-input cases about the command line and the conf file: see ``support.refusals``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
 
-from refusals import Case
+from support.refusals import Case
 
 
 def conf_file(content: bytes) -> Callable[[Path], list[str]]:

@@ -1,7 +1,7 @@
-"""Pytest plugin (loaded with ``-p airflow_env``): a temp SQLite AIRFLOW_HOME for the whole session.
+"""Pytest plugin (loaded with ``-p support.airflow_env``): a temp SQLite AIRFLOW_HOME for the whole session.
 
 It must run before anything imports Airflow, which reads its configuration at import. The DAGs
-folder holds the real emprocess DAG file and the test-only DAGs of ``airflow_support``; the plugins
+folder holds the real emprocess DAG file and the test-only DAGs of ``support.airflow_dags``; the plugins
 folder is the project's.
 """
 
@@ -20,12 +20,12 @@ os.environ.update(
     AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
     AIRFLOW__CORE__LOAD_EXAMPLES="False",
     AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{HOME / 'airflow.db'}",
-    AIRFLOW__CORE__PLUGINS_FOLDER=str(Path(__file__).parents[1] / "plugins"),  # as a deployment installs it
+    AIRFLOW__CORE__PLUGINS_FOLDER=str(Path(__file__).parents[2] / "plugins"),  # as a deployment installs it
     AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_hex(32),  # the API server's session tokens (64 bytes)
 )
-(DAGS / "emprocess_dags.py").write_text((Path(__file__).parents[1] / "dags" / "emprocess_dags.py").read_text())
+(DAGS / "emprocess_dags.py").write_text((Path(__file__).parents[2] / "dags" / "emprocess_dags.py").read_text())
 (DAGS / "test_dags.py").write_text(
-    "from airflow_support import build_test_dags\n\nglobals().update(build_test_dags())  # airflow dag\n")
+    "from support.airflow_dags import build_test_dags\n\nglobals().update(build_test_dags())  # airflow dag\n")
 
 
 @pytest.fixture(scope="session")

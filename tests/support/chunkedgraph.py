@@ -72,7 +72,7 @@ def run_stage(ctx: RunContext, stage: Stage, tasks=None) -> dict[str, dict]:
         cache = ctx.cache_url(stage.name, task["key"])
         if storage.exists(cache):
             continue
-        results[task["key"]] = run_and_cache(stage, ctx, task, lambda task: stage.work(task["payload"]))
+        results[task["key"]] = run_and_cache(stage, ctx, task, lambda task: stage.execute(task["payload"]))
     return results
 
 

@@ -1,7 +1,7 @@
 """The bad-input catalogue's support: a small stack to spoil, its good conf, and ``refuse``, which runs
 ``emprocess run`` in this process and returns its exit status, its message, how long it took to
-refuse, and what it left beside the source. Cases live in the ``refusals_*`` modules, one per kind
-of input; ``CATALOGUE`` gathers them for ``test_refusals.py`` and ``benchmarks/refusals.py``.
+refuse, and what it left beside the source. Cases live in this package's modules, one per kind
+of input; ``catalogue.CATALOGUE`` gathers them for ``test_refusals.py`` and ``benchmarks/refusals.py``.
 
 A case is ``Case(name, change, damage, expected)``: ``change`` edits the conf dict, ``damage`` spoils
 the stack folder (both may be None), and every string of ``expected`` must be in the message. Two

@@ -1,0 +1,50 @@
+"""What each MESHING stage's work takes and gives: its payload and result models.
+
+They live apart from ``stages`` so that ``levels`` can name them without importing the plans. The
+services publish them as the stages' request and response schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from emprocess.chunkedgraph.contracts import Count, Triple
+from emprocess.chunkedgraph.layers import MAX_LAYERS
+from emprocess.payloads import Coords, Location, Payload
+from emprocess.stages import Result
+
+
+class MeshMetaPayload(Payload):
+    """The mesh ``info`` of the root-ID layer at ``segmentation``, for the graph at ``graph``."""
+
+    graph: Location
+    segmentation: Location
+
+
+class MeshMetaResult(Result):
+    """Where the meshes go: the mesh directory the segmentation's ``info`` names."""
+
+    mesh: str
+
+
+class MeshLayerPayload(Payload):
+    """The meshes of one chunk of one layer; fragments of unfinished bodies go to ``pending``."""
+
+    graph: Location
+    segmentation: Location
+    mesh: Location
+    pending: Location
+    layer: Annotated[int, Field(ge=2, le=MAX_LAYERS)]
+    chunk: Coords
+    simplification_factor: Annotated[float, Field(gt=1, le=1e6)]
+
+
+class MeshLayerResult(Result):
+    """The roots whose meshes this chunk finished, and those whose fragments it passed up."""
+
+    layer: Count
+    chunk: Triple
+    roots: Count
+    passed_up: Count
