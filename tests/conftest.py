@@ -223,10 +223,11 @@ def service_connections(small_sample, tmp_path_factory) -> Iterator[dict[str, st
     from contextlib import ExitStack
 
     from emprocess.config import parse_conf
-    from emprocess.workflow.local_run import SERVICES, allowed_prefixes, service
+    from emprocess.registry import SERVICES
+    from emprocess.workflow.local_run import allowed_prefixes, service
 
     logs = tmp_path_factory.mktemp("service-logs")
     allowed = allowed_prefixes(parse_conf(small_sample))
     with ExitStack() as stack:
-        yield {f"AIRFLOW_CONN_{conn_id}": stack.enter_context(service(name, allowed, logs))
-               for name, (conn_id, _) in SERVICES.items()}
+        yield {f"AIRFLOW_CONN_{svc.connection}": stack.enter_context(service(svc.name, allowed, logs))
+               for svc in SERVICES.values()}

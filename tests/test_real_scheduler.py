@@ -24,10 +24,11 @@ from support.airflow_deployment import RestartableService, deployment, postgres_
 
 from emprocess import storage
 from emprocess.config import parse_conf
+from emprocess.registry import SERVICES
 from emprocess.sample import write_sample
 from emprocess.stages import RunContext, share
 from emprocess.workflow.dag_factory import dag_id
-from emprocess.workflow.local_run import SERVICES, allowed_prefixes, service
+from emprocess.workflow.local_run import allowed_prefixes, service
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is not installed (make test installs it)")]
@@ -60,8 +61,8 @@ def emwrite(sample, long_sample, tmp_path_factory):
 def airflow(sample, long_sample, emwrite, tmp_path_factory):
     """A deployment whose connections point at both services; 4 task processes at once (2 cores)."""
     allowed = [prefix for conf in (sample, long_sample) for prefix in allowed_prefixes(parse_conf(conf))]
-    fiji_conn, _ = SERVICES["fiji"]
-    emwrite_conn, _ = SERVICES["emwrite"]
+    fiji_conn = SERVICES["fiji"].connection
+    emwrite_conn = SERVICES["emwrite"].connection
     with service("fiji", allowed, tmp_path_factory.mktemp("fiji-log")) as fiji:
         connections = {f"AIRFLOW_CONN_{fiji_conn}": fiji, f"AIRFLOW_CONN_{emwrite_conn}": emwrite.url}
         with deployment({**connections, "AIRFLOW__CORE__PARALLELISM": "4"}) as running:

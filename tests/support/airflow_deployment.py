@@ -220,11 +220,11 @@ class RestartableService:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120) -> None:
-        from emprocess.workflow.local_run import SERVICES
+        from emprocess.registry import SERVICES
 
         with open(self.log_dir / f"{self.name}.log", "ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", SERVICES[self.name][1], "--host", "127.0.0.1",
+                [sys.executable, "-m", "uvicorn", SERVICES[self.name].app, "--host", "127.0.0.1",
                  "--port", str(self.port), "--log-level", "warning"],
                 env=dict(os.environ, EMPROCESS_ALLOWED_PREFIXES=",".join(self.allowed)), stdout=out,
                 stderr=subprocess.STDOUT)
