@@ -18,8 +18,8 @@ from emprocess import registry
 from emprocess.batch import stage_status
 from emprocess.config import STAGES
 from emprocess.progress import CLEAR_LINE, CURSOR_UP, ProgressView, clock_time, shown_while_running
+from emprocess.run_layout import LOG_FOLDER
 from emprocess.stages import RunContext
-from emprocess.workflow.local_run import LOG_FOLDER
 
 PROGRESS_LINE = re.compile(r"^(\S+) (\d+)/(\d+) mini-tasks(?:, .*)?$", re.MULTILINE)
 AIRFLOW_LINES = ("[DAG TEST]", "taskinstance", "INFO", "[info ")

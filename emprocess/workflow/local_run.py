@@ -33,9 +33,9 @@ import requests
 
 from emprocess import run_layout, storage
 from emprocess.config import ConfError, parse_conf
-from emprocess.stages import RunContext
 from emprocess.registry import SERVICES
 from emprocess.run_layout import AIRFLOW_LOG, LOG_FOLDER, service_log_name
+from emprocess.stages import RunContext
 from emprocess.workflow import task_name
 
 log = logging.getLogger("emprocess.run")
