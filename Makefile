@@ -25,7 +25,7 @@ test: $(STAMP)
 
 # Regenerate the pinned lock after changing dependencies in pyproject.toml.
 lock: $(STAMP)
-	$(VENV)/bin/uv pip compile -q --python-version 3.11 pyproject.toml --extra test --extra bench \
+	$(VENV)/bin/uv pip compile -q --python-version 3.11 pyproject.toml --extra test --extra bench --extra kubernetes \
 		--no-header -o requirements/lock.txt
 
 clean:

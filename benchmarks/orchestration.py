@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=4)
     args = parser.parse_args()
 
-    from emprocess.workflow.dag_factory import dag_id
+    from emprocess.workflow import dag_id
 
     pycache = tempfile.mkdtemp(prefix="emprocess-pycache-")
     parse = "import runpy; runpy.run_path('dags/emprocess_dags.py')"

@@ -117,12 +117,25 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _work_conf(args) -> dict:
+    """The conf of ``--conf FILE``, or of ``--conf-json`` (a pod's argument: no file to mount)."""
+    if args.conf_json is None:
+        return _load_conf(args.conf)
+    try:
+        conf = json.loads(args.conf_json)
+    except ValueError as err:
+        raise ConfError(f"--conf-json is not valid JSON: {err}") from None
+    if not isinstance(conf, dict):
+        raise ConfError("--conf-json must be a JSON object")
+    return conf
+
+
 def cmd_work(args) -> int:
     from emprocess import registry
     from emprocess.batch import run_and_cache, run_in_process
     from emprocess.stages import RunContext
 
-    ctx = RunContext.create(_load_conf(args.conf), args.run_id)
+    ctx = RunContext.create(_work_conf(args), args.run_id)
     if args.stage != "chunkedgraph":
         print(run_in_process(registry.get(args.stage), ctx, args.worker, args.of, threads=args.threads))
         return 0
@@ -137,6 +150,23 @@ def cmd_work(args) -> int:
     stage = registry.get(f"cg.layer{args.layer}")
     run_and_cache(stage, ctx, task, lambda task: stage.execute(task["payload"]))
     print(f"{stage.name} chunk {task['key']} rebuilt")
+    return 0
+
+
+def cmd_k8s_render(args) -> int:
+    from emprocess.kubernetes.render import render
+    from emprocess.kubernetes.settings import load_settings
+
+    written = render(_load_conf(args.conf), args.width, args.run_id, Path(args.out), load_settings(args.settings))
+    pods = sum(path.parent.name == "pods" for path in written)
+    print(f"{pods} worker pods and {len(written) - pods} deploy manifests written under {args.out}")
+    return 0
+
+
+def cmd_k8s_resources(args) -> int:
+    from emprocess.kubernetes.resources import markdown
+
+    print(markdown(), end="")
     return 0
 
 
@@ -226,10 +256,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--of", type=int, default=1)
     p.add_argument("--layer", type=int)
     p.add_argument("--chunk", type=int, nargs=3, metavar=("X", "Y", "Z"))
-    p.add_argument("--conf", required=True)
+    conf = p.add_mutually_exclusive_group(required=True)
+    conf.add_argument("--conf", help="run conf JSON file")
+    conf.add_argument("--conf-json", metavar="JSON", help="the run conf itself (what a pod is given)")
     p.add_argument("--run-id", required=True)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=cmd_work)
+
+    p = sub.add_parser("k8s", help="Kubernetes: write the pods a run would launch and the namespace's manifests")
+    k8s = p.add_subparsers(dest="k8s_command", required=True)
+    p = k8s.add_parser("render", help="one YAML per stage worker's pod (pods/), and the deploy manifests (deploy/)")
+    p.add_argument("conf", help="run conf JSON file")
+    p.add_argument("--width", type=int, default=1, choices=WIDTHS)
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--out", required=True, help="folder to write into")
+    p.add_argument("--settings", help="Kubernetes settings YAML (default: $EMPROCESS_KUBERNETES_SETTINGS, "
+                                      "else the defaults)")
+    p.set_defaults(func=cmd_k8s_render)
+    p = k8s.add_parser("resources", help="the default CPU and memory of each stage's pod (the README's table)")
+    p.set_defaults(func=cmd_k8s_resources)
 
     p = sub.add_parser("status", help="done/total mini-tasks per stage (and ChunkedGraph layer) of a run")
     p.add_argument("run_id")

@@ -116,6 +116,13 @@ def for_service(service: str) -> list[Stage]:
     return [s for s in table() if s.service == service]
 
 
+def stage_width(stage: Facts, width: int) -> int:
+    """How many workers ``stage`` gets in the DAG of ``width``."""
+    if stage.layer is not None:
+        return layer_width(stage.layer, width)
+    return width if stage.wide else 1
+
+
 def pool(stage: Facts) -> str:
     return SERVICES[stage.service].pool if stage.service else IN_PROCESS_POOL
 

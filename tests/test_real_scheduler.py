@@ -27,7 +27,7 @@ from emprocess.config import parse_conf
 from emprocess.registry import SERVICES
 from emprocess.sample import write_sample
 from emprocess.stages import RunContext, share
-from emprocess.workflow.dag_factory import dag_id
+from emprocess.workflow import dag_id
 from emprocess.workflow.local_run import allowed_prefixes, service
 
 pytestmark = [pytest.mark.slow,

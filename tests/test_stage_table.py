@@ -29,7 +29,8 @@ def test_groups_follow_the_conf_s_stage_order_and_each_stage_states_its_facts():
 
 @pytest.mark.parametrize("width", [1, 16])
 def test_the_dag_has_one_mapped_task_per_stage_as_the_table_says(airflow_db, width):
-    from emprocess.workflow.dag_factory import build_dag, stage_width
+    from emprocess.registry import stage_width
+    from emprocess.workflow.dag_factory import build_dag
 
     dag = build_dag(width)
     found = {t.partial_kwargs["stage"]: t for t in dag.tasks if "stage" in getattr(t, "partial_kwargs", {})}

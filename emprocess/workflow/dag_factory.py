@@ -20,20 +20,16 @@ import copy
 
 from airflow.sdk import DAG, Connection, Param, TaskGroup, TriggerRule, get_current_context, get_parsing_context, task
 
-from emprocess import MAJOR_MINOR, config, registry
-from emprocess.chunkedgraph.layers import layer_width
+from emprocess import config, registry
+from emprocess.kubernetes.settings import KubernetesSettings, execution_mode, load_settings
 from emprocess.stages import Facts
-from emprocess.workflow import REPORT_TASK, WIDTHS, task_name
+from emprocess.workflow import REPORT_TASK, WIDTHS, dag_id, task_name
 from emprocess.workflow.operators import ERROR_XCOM, BatchStageOperator, failing_at_once
 
 POOLS = {service.pool: service.description for service in registry.SERVICES.values()}
 THREADS_PER_WORKER = 4
 SMTP_CONNECTION = "smtp_default"  # where the run-ended mail goes out (AIRFLOW_CONN_SMTP_DEFAULT)
 JSON_SCHEMA_DRAFT = "http://json-schema.org/draft-07/schema#"
-
-
-def dag_id(width: int) -> str:
-    return f"emprocess_width{width}_v{MAJOR_MINOR}"
 
 
 def _inline_refs(schema, defs: dict):
@@ -184,10 +180,16 @@ def notify_task() -> dict:
     return {"sent": True, "to": mail.to, "subject": mail.subject}
 
 
-def workers(stage: str, service: str | None, width: int, task_id: str, **options):
+def workers(stage: str, service: str | None, width: int, task_id: str, pods: KubernetesSettings | None,
+            **options):
     """One mapped task whose instance i is worker i of ``width`` for ``stage``. A worker that calls a
     service takes a slot of the service's pool for each call it can have in flight, so the pool's
-    slots bound the concurrent calls to the service (what its instances can take at once)."""
+    slots bound the concurrent calls to the service (what its instances can take at once). With
+    ``pods`` (execution mode ``kubernetes``) the task launches the worker's pod instead."""
+    if pods is not None:
+        from emprocess.workflow.pods import pod_workers
+
+        return pod_workers(stage, width, task_id, pods, **options)
     return BatchStageOperator.partial(
         task_id=task_id,
         stage=stage,
@@ -199,18 +201,11 @@ def workers(stage: str, service: str | None, width: int, task_id: str, **options
     ).expand(worker=list(range(width)))
 
 
-def stage_width(stage: Facts, width: int) -> int:
-    """How many workers ``stage`` gets in the DAG of ``width``."""
-    if stage.layer is not None:
-        return layer_width(stage.layer, width)
-    return width if stage.wide else 1
+def stage_workers(stage: Facts, width: int, pods: KubernetesSettings | None, **options):
+    return workers(stage.name, stage.service, registry.stage_width(stage, width), stage.task, pods, **options)
 
 
-def stage_workers(stage: Facts, width: int, **options):
-    return workers(stage.name, stage.service, stage_width(stage, width), stage.task, **options)
-
-
-def group_tasks(group: str, width: int) -> None:
+def group_tasks(group: str, width: int, pods: KubernetesSettings | None) -> None:
     """The group's stages in the table's order, each after the one before, every one also after the
     group's ``wanted`` gate. Each graph or mesh layer sits in a sub-group ``layer{N}``; above layer 2
     it opens with its ``exists`` gate. A stage after the layers runs once the top layer that exists
@@ -220,10 +215,10 @@ def group_tasks(group: str, width: int) -> None:
     for stage in registry.group_facts(group):
         if stage.layer is None:
             if below_layers is None:
-                current = stage_workers(stage, width)
+                current = stage_workers(stage, width, pods)
                 previous >> current
             else:
-                current = stage_workers(stage, width, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+                current = stage_workers(stage, width, pods, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
                 [previous, below_layers] >> current
                 below_layers = None
             gate >> current
@@ -232,7 +227,7 @@ def group_tasks(group: str, width: int) -> None:
         if below_layers is None:
             below_layers = previous
         with TaskGroup(f"layer{stage.layer}"):
-            current = stage_workers(stage, width)
+            current = stage_workers(stage, width, pods)
             entry = current
             if stage.layer > 2:
                 entry = layer_exists_task(stage.layer)
@@ -243,7 +238,8 @@ def group_tasks(group: str, width: int) -> None:
 
 
 def build_dag(width: int) -> DAG:
-    """The DAG of ``width``. Besides the order of the stages, every gate and ``publish`` hang from
+    """The DAG of ``width``; its workers launch pods when the deployment's execution mode is
+    ``kubernetes`` (``EMPROCESS_EXECUTION``), else call the services. Besides the order of the stages, every gate and ``publish`` hang from
     ``create_env`` and every worker from its group's gate: edges that change nothing when a run goes
     well, but let a failure before them mark every later task upstream_failed in a few scheduler
     loops instead of one loop per level (~60 levels: a refused conf took 1–2.5 minutes to fail)."""
@@ -257,12 +253,13 @@ def build_dag(width: int) -> DAG:
         doc_md=__doc__,
         default_args={"retries": 2},
     ) as dag:
+        pods = load_settings() if execution_mode() == "kubernetes" else None
         env = create_env_task()
         validate_task() >> env
         groups = []
         for name in config.STAGES:
             with TaskGroup(name) as group:
-                group_tasks(name, width)
+                group_tasks(name, width, pods)
             groups.append(group)
         publish = publish_task.override(trigger_rule=TriggerRule.NONE_FAILED)()
         for before, after in zip([env, *groups], [*groups, publish]):

@@ -36,11 +36,10 @@ from emprocess.config import ConfError, parse_conf
 from emprocess.registry import SERVICES
 from emprocess.run_layout import AIRFLOW_LOG, LOG_FOLDER, service_log_name
 from emprocess.stages import RunContext
-from emprocess.workflow import task_name
+from emprocess.workflow import DAG_FILE, task_name
 
 log = logging.getLogger("emprocess.run")
 
-DAG_FILE = "from emprocess.workflow.dag_factory import build_all\n\nglobals().update(build_all())  # airflow dag\n"
 POOL_SLOTS = 64
 ECHO_JOIN_SECONDS = 10  # how long the end of a run waits for the log's echo to drain
 

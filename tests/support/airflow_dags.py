@@ -42,10 +42,10 @@ def build_test_dags() -> dict:
     if FLAKY_STAGE not in registry.stages():
         registry.register(FLAKY)
     with DAG(FLAKY_DAG, schedule=None, catchup=False) as dag:
-        workers(FLAKY_STAGE, FLAKY.service, FLAKY_WIDTH, "flaky")
+        workers(FLAKY_STAGE, FLAKY.service, FLAKY_WIDTH, "flaky", None)
     raising.registered()
     with DAG(RAISE_DAG, schedule=None, catchup=False) as raising_dag:
-        workers(raising.NAME, None, 1, "raise", retries=2, retry_delay=datetime.timedelta(0))
+        workers(raising.NAME, None, 1, "raise", None, retries=2, retry_delay=datetime.timedelta(0))
     with DAG(QUIET_DAG, schedule=None, catchup=False) as quiet:
         task(lambda: None, task_id="nothing")()
     return {FLAKY_DAG: dag, RAISE_DAG: raising_dag, QUIET_DAG: quiet}

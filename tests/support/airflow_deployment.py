@@ -192,7 +192,7 @@ def _wait_for_api(deploy: Deployment, timeout: float = 180) -> None:
 
 def _wait_for_dags(deploy: Deployment, timeout: float = 300) -> None:
     """Until the dag-processor has registered every emprocess DAG (a trigger before that is a 404)."""
-    from emprocess.workflow.dag_factory import WIDTHS, dag_id
+    from emprocess.workflow import WIDTHS, dag_id
 
     wanted = {dag_id(width) for width in WIDTHS}
     deadline = time.monotonic() + timeout
