@@ -33,7 +33,6 @@ from emprocess.workflow.local_run import allowed_prefixes, service
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is not installed (make test installs it)")]
 WIDTH = 4
-FINISHED = {"success", "failed"}
 
 
 @pytest.fixture(scope="module")
@@ -69,31 +68,6 @@ def airflow(sample, long_sample, emwrite, tmp_path_factory):
             yield running
 
 
-def trigger(airflow, dag: str, conf: dict) -> str:
-    reply = airflow.rest("POST", f"/dags/{dag}/dagRuns", json={"logical_date": None, "conf": conf})
-    assert reply.status_code == 200, reply.text
-    return reply.json()["dag_run_id"]
-
-
-def wait_for(airflow, dag: str, run_id: str, timeout: float = 900) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = airflow.rest("GET", f"/dags/{dag}/dagRuns/{run_id}").json()
-        if run.get("state") in FINISHED:
-            return run
-        time.sleep(2)
-    raise AssertionError(f"{run_id} did not finish within {timeout} s:\n{airflow.log('scheduler')[-3000:]}")
-
-
-def task_instances(airflow, dag: str, run_id: str) -> list[dict]:
-    return airflow.rest("GET", f"/dags/{dag}/dagRuns/{run_id}/taskInstances",
-                        params={"limit": 1000}).json()["task_instances"]
-
-
-def task_states(airflow, dag: str, run_id: str) -> dict[tuple[str, int], str]:
-    return {(ti["task_id"], ti["map_index"]): ti["state"] for ti in task_instances(airflow, dag, run_id)}
-
-
 def cache_entries(conf: dict, run_id: str, stage: str) -> dict[str, bytes]:
     """The stage's result-cache entries of the run: one per finished mini-task."""
     cache = RunContext.create(conf, run_id).cache_dir(stage)
@@ -115,11 +89,11 @@ def test_the_sample_triggered_by_cli_and_rest_runs_like_dag_test(airflow, sample
     assert rest.status_code == 200, rest.text
     rest_run = rest.json()["dag_run_id"]
     for run_id in (cli_run, rest_run):
-        run = wait_for(airflow, dag, run_id)
-        assert run["state"] == "success", (run_id, task_states(airflow, dag, run_id))
+        run = airflow.wait_for(dag, run_id)
+        assert run["state"] == "success", (run_id, airflow.task_states(dag, run_id))
     real_seconds = time.monotonic() - started
     for run_id in (cli_run, rest_run):
-        states = task_states(airflow, dag, run_id)
+        states = airflow.task_states(dag, run_id)
         skipped = {k for k, v in states.items() if k[0].startswith(("chunkedgraph.", "meshing."))
                    and not k[0].endswith(".wanted")}
         assert skipped and all(states[k] == "skipped" for k in skipped)
@@ -151,10 +125,10 @@ def test_a_refused_conf_fails_its_run_writes_nothing_and_still_reports(airflow, 
     reply = airflow.rest("POST", f"/dags/{dag}/dagRuns", json={"logical_date": None, "conf": conf})
     assert reply.status_code == 200, reply.text  # the Params cannot compare two keys
     run_id = reply.json()["dag_run_id"]
-    run = wait_for(airflow, dag, run_id, timeout=600)
+    run = airflow.wait_for(dag, run_id, timeout=600)
     seconds = time.monotonic() - started
     assert run["state"] == "failed"
-    states = task_states(airflow, dag, run_id)
+    states = airflow.task_states(dag, run_id)
     assert states[("validate", -1)] == "failed"
     assert states[("report", -1)] == states[("notify", -1)] == "success"
     report = airflow.rest("GET", f"/dags/{dag}/dagRuns/{run_id}/taskInstances/report/xcomEntries/return_value").json()
@@ -183,7 +157,7 @@ def test_the_run_rides_out_an_emwrite_outage_in_the_middle_of_the_warp(airflow, 
     """Killed mid-warp and back 30 s later, as a redeployed service comes back: the workers' calls
     retry through the outage, and no task fails or is tried again."""
     dag = dag_id(WIDTH)
-    run_id = trigger(airflow, dag, long_sample)
+    run_id = airflow.trigger(dag, long_sample)
     deadline = time.monotonic() + 900
     while not cache_entries(long_sample, run_id, "align.warp"):
         assert time.monotonic() < deadline, "the warp did not start"
@@ -192,13 +166,13 @@ def test_the_run_rides_out_an_emwrite_outage_in_the_middle_of_the_warp(airflow, 
     warped_before_the_outage = len(cache_entries(long_sample, run_id, "align.warp"))
     time.sleep(30)
     emwrite.start()
-    run = wait_for(airflow, dag, run_id)
-    instances = task_instances(airflow, dag, run_id)
+    run = airflow.wait_for(dag, run_id)
+    instances = airflow.task_instances(dag, run_id)
     assert run["state"] == "success", [(ti["task_id"], ti["map_index"], ti["state"]) for ti in instances]
     assert all(ti["state"] in ("success", "skipped") and ti["try_number"] <= 1 for ti in instances)
     slices = long_sample["maxz"] - long_sample["minz"] + 1
     assert warped_before_the_outage < slices == len(cache_entries(long_sample, run_id, "align.warp"))
-    logs = "".join(p.read_text(errors="replace") for p in (airflow.home / "logs").rglob("*.log"))
+    logs = airflow.task_logs()
     assert "/alignedslice attempt" in logs, "no worker met the outage"
 
 
@@ -213,12 +187,12 @@ def test_a_worker_failed_on_bad_input_reruns_only_its_unfinished_mini_tasks_once
     whole = bad_slice.read_bytes()
     bad_slice.write_bytes(whole[:33] + bytes(4096) + whole[-12:])  # PNG signature + IHDR, garbage, IEND
     try:
-        run_id = trigger(airflow, dag, conf)
-        assert wait_for(airflow, dag, run_id)["state"] == "failed"
+        run_id = airflow.trigger(dag, conf)
+        assert airflow.wait_for(dag, run_id)["state"] == "failed"
     finally:
         bad_slice.write_bytes(whole)
     worker = (bad_z - long_sample["minz"]) % WIDTH
-    failed = {key for key, state in task_states(airflow, dag, run_id).items() if state == "failed"}
+    failed = {key for key, state in airflow.task_states(dag, run_id).items() if state == "failed"}
     assert failed == {("align.warp", worker)}
     before = cache_entries(conf, run_id, "align.warp")
     keys = [f"{z:08d}.json" for z in range(long_sample["minz"], long_sample["maxz"] + 1)]
@@ -230,7 +204,7 @@ def test_a_worker_failed_on_bad_input_reruns_only_its_unfinished_mini_tasks_once
         "dry_run": False, "dag_run_id": run_id, "task_ids": [["align.warp", worker]], "only_failed": False,
         "include_downstream": True, "reset_dag_runs": True})
     assert cleared.status_code == 200, cleared.text
-    assert wait_for(airflow, dag, run_id)["state"] == "success"
+    assert airflow.wait_for(dag, run_id)["state"] == "success"
     after = cache_entries(conf, run_id, "align.warp")
     assert set(after) == set(keys)
     assert {key: after[key] for key in before} == before  # finished mini-tasks did not run again

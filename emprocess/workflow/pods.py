@@ -71,7 +71,7 @@ def pod_workers(stage: str, width: int, task_id: str, settings: KubernetesSettin
         startup_timeout_seconds=settings.startup_timeout_s,
         get_logs=True,
         do_xcom_push=False,
-        reattach_on_restart=True,
+        durable=True,  # an Airflow worker that dies mid-pod: the retry follows the same pod
         log_pod_spec_on_failure=False,
         pool=settings.pool,
         **options,

@@ -30,6 +30,7 @@ from emprocess.workflow.local_run import free_port
 
 ROOT = Path(__file__).parents[2]
 PG_USER = "postgres"
+FINISHED = {"success", "failed"}
 
 
 def postgres_bin() -> Path | None:
@@ -102,6 +103,39 @@ class Deployment:
 
     def log(self, name: str) -> str:
         return (self.home / f"{name}.log").read_text(errors="replace")
+
+    def task_logs(self) -> str:
+        """Every task's log so far, concatenated."""
+        return "".join(p.read_text(errors="replace") for p in (self.home / "logs").rglob("*.log"))
+
+    def trigger(self, dag: str, conf: dict) -> str:
+        """A run of ``dag`` with ``conf`` through the REST API; its run id."""
+        reply = self.rest("POST", f"/dags/{dag}/dagRuns", json={"logical_date": None, "conf": conf})
+        assert reply.status_code == 200, reply.text
+        return reply.json()["dag_run_id"]
+
+    def wait_for(self, dag: str, run_id: str, timeout: float = 900) -> dict:
+        """The run once it has finished (success or failed)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.rest("GET", f"/dags/{dag}/dagRuns/{run_id}").json()
+            if run.get("state") in FINISHED:
+                return run
+            time.sleep(2)
+        raise AssertionError(f"{run_id} did not finish within {timeout} s:\n{self.log('scheduler')[-3000:]}")
+
+    def task_instances(self, dag: str, run_id: str) -> list[dict]:
+        """Every task instance of the run, page by page (the API gives at most 100 at a time)."""
+        instances: list[dict] = []
+        while True:
+            page = self.rest("GET", f"/dags/{dag}/dagRuns/{run_id}/taskInstances",
+                             params={"limit": 100, "offset": len(instances)}).json()
+            instances += page["task_instances"]
+            if not page["task_instances"] or len(instances) >= page["total_entries"]:
+                return instances
+
+    def task_states(self, dag: str, run_id: str) -> dict[tuple[str, int], str]:
+        return {(ti["task_id"], ti["map_index"]): ti["state"] for ti in self.task_instances(dag, run_id)}
 
 
 def _stop(process: subprocess.Popen, grace: float = 20) -> None:
