@@ -186,6 +186,61 @@ def test_two_unrelated_noise_slices_find_nothing(tmp_path):
     assert result["attempts"] == 3  # the retry ladder ran to its end
 
 
+def smooth_deformation(shape, amplitude: float, scale: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A displacement field (dx, dy) of ``amplitude`` px whose waves are ~``scale`` px long."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    field = []
+    for _ in range(2):
+        phase, length = rng.uniform(0, 2 * np.pi, 2), rng.uniform(0.8 * scale, 1.2 * scale, 2)
+        field.append(amplitude * np.sin(2 * np.pi * xs / length[0] + phase[0]) * np.sin(2 * np.pi * ys / length[1] + phase[1]))
+    return field[0], field[1]
+
+
+def deformed(image: np.ndarray, matrix: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Output pixel p shows the input at inverse(matrix)·p + d(p)."""
+    back = inverse(matrix)
+    ys, xs = np.mgrid[0:image.shape[0], 0:image.shape[1]].astype(np.float32)
+    map_x = (back[0, 0] * xs + back[0, 1] * ys + back[0, 2] + dx).astype(np.float32)
+    map_y = (back[1, 0] * xs + back[1, 1] * ys + back[1, 2] + dy).astype(np.float32)
+    return cv2.remap(image, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+
+
+def test_a_smooth_deformation_gets_the_best_affine_flagged_deformed_never_identity(tmp_path):
+    """Real neighbouring FIB-SEM slices, the second moved by a small affine plus a smooth 7 px field of
+    ~260 px waves: an affine cannot follow it (RMS residual ~5 px, above the precision rule), but the
+    consensus is large and its residuals smooth, so every pair gets its best fit, within the field's
+    amplitude + 2 px of the truth at every grid point, and the ones over the rule are flagged
+    "deformed"; identity (which the guard gave before) would be off by more. The truth is the
+    undeformed pair's own registration (the two slices are ~50 px apart) after the known motion."""
+    first, second = real_slice(0), real_slice(1)
+    amplitude, flagged = 7.0, 0  # px, each component
+    grid = np.stack(np.meshgrid(np.arange(40, 480, 40), np.arange(40, 480, 40)), -1).reshape(-1, 2)
+    real = np.asarray(register_images(tmp_path, first, second)["affine"]["matrix"])  # second -> first
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        moved = similarity(rng.uniform(-1, 1), 1.0, 0.0, (5.0, -3.0), (520, 520))
+        dx, dy = smooth_deformation(second.shape, amplitude, 260, seed)
+        _, pairs = run_align(tmp_path / str(seed), [first, deformed(second, moved, dx, dy)])
+        (entry,) = pairs["pairs"]
+        assert entry["model"] != "identity" and pairs["fallbacks"] == [], entry["reason"]
+        in_second = grid @ inverse(moved)[:, :2].T + inverse(moved)[:, 2] + np.column_stack(
+            [dx[grid[:, 1], grid[:, 0]], dy[grid[:, 1], grid[:, 0]]])
+        truth = in_second @ real[:, :2].T + real[:, 2]
+        matrix = np.asarray(entry[entry["model"]]["matrix"])
+        largest = float(np.hypot(dx, dy).max())  # the field's amplitude as a vector
+        assert np.hypot(*(grid @ matrix[:, :2].T + matrix[:, 2] - truth).T).max() <= largest + 2
+        assert np.hypot(*(grid - truth).T).max() > largest + 2  # what identity would leave
+        fit = entry["affine"]
+        if fit["residual_px"] > 5.0:
+            assert entry["deformed"] and fit["deformed"] and pairs["deformed"] == [0]
+            assert "deformed" in entry["reason"] and fit["local_residual_px"] <= 5.0
+            flagged += 1
+        else:
+            assert not entry["deformed"] and entry["reason"] is None
+    assert flagged >= 2  # the guard alone would have left these at identity
+
+
 # --- composition over a stack ----------------------------------------------------------------------------
 
 

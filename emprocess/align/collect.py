@@ -8,9 +8,9 @@ Outputs (``transforms.json`` is written last, so its presence means the others a
     bounding box of all transformed slices, which starts at (0, 0).
   * ``transforms.csv`` — the same matrices, one row per slice: z, a, b, c, d, e, f, source width, height.
   * ``pairs.json`` — {"minz", "maxz", "mode", "reused_from", "negligible_px", "fallbacks": [z ...],
-    "pairs": [{"z", "model", "fallback", "reason", "departure_px", "candidates", "features",
-    "attempts", "affine", "translation"}]} with one entry per pair (z, z+1); every fallback is also
-    logged as a warning on the ``emprocess.align`` logger.
+    "deformed": [z ...], "pairs": [{"z", "model", "fallback", "deformed", "reason", "departure_px",
+    "candidates", "features", "attempts", "affine", "translation"}]} with one entry per pair (z, z+1);
+    every fallback and deformed pair is also logged as a warning on the ``emprocess.align`` logger.
 
 Modes: "pairwise" composes the align.pairs results; "skip_align" gives identity transforms (slice
 sizes from image headers); "reused" takes another run's transforms.json (the reused frame is kept, so
@@ -62,13 +62,14 @@ class CollectPayload(Payload):
 
 
 class CollectResult(Result):
-    """How the transforms were made, the aligned frame, the pairs that fell back, and where the
-    transforms are."""
+    """How the transforms were made, the aligned frame, the pairs that fell back or are deformed, and
+    where the transforms are."""
 
     mode: str
     width: Axis
     height: Axis
     fallbacks: list[Index]
+    deformed: list[Index]
     transforms: str
 
 
@@ -85,7 +86,8 @@ def collect(payload: CollectPayload) -> CollectResult:
     storage.write(storage.join(payload.process, TRANSFORMS_CSV), _csv(transforms).encode())
     storage.write_json(transforms_url(payload.process), transforms)
     return CollectResult(mode=pairs["mode"], width=transforms["width"], height=transforms["height"],
-                         fallbacks=pairs["fallbacks"], transforms=transforms_url(payload.process))
+                         fallbacks=pairs["fallbacks"], deformed=pairs["deformed"],
+                         transforms=transforms_url(payload.process))
 
 
 def _pairwise(result_urls: list[str], minz: int, maxz: int) -> tuple[dict, dict]:
@@ -93,15 +95,17 @@ def _pairwise(result_urls: list[str], minz: int, maxz: int) -> tuple[dict, dict]
     sizes = _sizes_from_pairs(results)
     choices = {z: choose(pair) for z, pair in results.items()}
     for z, choice in choices.items():
-        if choice.fallback:
+        if choice.fallback or choice.deformed:
             log.warning("pair %d→%d: %s", z, z + 1, choice.reason)
     fallbacks = [z for z, choice in choices.items() if choice.fallback]
-    log.info("composed %d pairs; %d fallbacks", len(choices), len(fallbacks))
+    deformed = [z for z, choice in choices.items() if choice.deformed]
+    log.info("composed %d pairs; %d fallbacks, %d deformed", len(choices), len(fallbacks), len(deformed))
     entries = [
         {
             "z": z,
             "model": choice.model,
             "fallback": choice.fallback,
+            "deformed": choice.deformed,
             "reason": choice.reason,
             "departure_px": choice.departure_px,
             "candidates": results[z]["candidates"],
@@ -191,6 +195,7 @@ def _pairs(minz: int, maxz: int, mode: str, entries: list[dict], reused_from: st
         "reused_from": reused_from,
         "negligible_px": NEGLIGIBLE_PX,
         "fallbacks": [e["z"] for e in entries if e["fallback"]],
+        "deformed": [e["z"] for e in entries if e.get("deformed")],  # reused pairs.json may predate it
         "pairs": entries,
     }
 

@@ -10,6 +10,9 @@ Model choice per pair (z, z+1), in order:
   * affine found → affine;
   * only translation found → translation, flagged as a fallback;
   * nothing found → identity, flagged as a fallback.
+A model found ``deformed`` (a large consensus whose residual is a smooth local deformation, see
+``models``) is used all the same, and the pair is flagged ``deformed`` with its residuals as the reason:
+the best affine fit is far closer than identity, and only an elastic alignment would do better.
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ class Choice:
     fallback: bool
     reason: str | None
     departure_px: float | None  # affine vs translation over the slice, when both were found
+    deformed: bool = False
+
+
+def deformation(name: str, fit: dict) -> str:
+    return (f"deformed: the {name} leaves an RMS residual of {fit['residual_px']:.1f} px over {fit['inliers']} "
+            f"inliers, smooth to {fit['local_residual_px']:.1f} px locally; used all the same (an elastic "
+            f"alignment would follow the deformation)")
 
 
 def choose(pair: dict) -> Choice:
@@ -41,16 +51,20 @@ def choose(pair: dict) -> Choice:
     affine, translation = pair["affine"], pair["translation"]
     if affine["found"]:
         matrix = homogeneous(affine["matrix"])
+        deformed = affine.get("deformed", False)  # results cached before the flag have none
+        reason = deformation("affine", affine) if deformed else None
         if not translation["found"]:
-            return Choice("affine", matrix, False, None, None)
+            return Choice("affine", matrix, False, reason, None, deformed)
         shift = homogeneous(translation["matrix"])
         departure = max_corner_distance(matrix, shift, pair["size2"])
-        if departure < NEGLIGIBLE_PX:
-            return Choice("translation", shift, False, None, departure)
-        return Choice("affine", matrix, False, None, departure)
+        if departure < NEGLIGIBLE_PX:  # the two agree: the simpler model, judged by the better one
+            return Choice("translation", shift, False, reason, departure, deformed)
+        return Choice("affine", matrix, False, reason, departure, deformed)
     summary = f"affine not found ({affine['inliers']} inliers of {pair['candidates']} candidates)"
     if translation["found"]:
-        return Choice("translation", homogeneous(translation["matrix"]), True, f"{summary}; translation used", None)
+        deformed = translation.get("deformed", False)
+        reason = f"{summary}; translation used" + (f"; {deformation('translation', translation)}" if deformed else "")
+        return Choice("translation", homogeneous(translation["matrix"]), True, reason, None, deformed)
     return Choice("identity", np.eye(3), True, f"{summary}, translation not found; identity used", None)
 
 

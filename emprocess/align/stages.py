@@ -73,6 +73,8 @@ class ModelResult(Result):
     matrix: list[list[float]] | None
     inliers: int
     residual_px: float
+    deformed: bool = False  # found although residual_px fails the precision rule: a smooth deformation
+    local_residual_px: float | None = None  # what the residuals' local medians leave (RMS)
 
 
 class PairResult(Result):

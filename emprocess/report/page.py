@@ -135,7 +135,8 @@ def _alignment(alignment: dict | None) -> str:
         return "<h2>Alignment</h2>\n<p>No alignment yet (align.collect has not run).</p>"
     parts = ["<h2>Alignment</h2>",
              f"<p>{alignment['slices']} slices, mode {escape(alignment['mode'])}, aligned frame "
-             f"{alignment['width']} × {alignment['height']} px; {len(alignment['fallbacks'])} pairs fell back.</p>"]
+             f"{alignment['width']} × {alignment['height']} px; {len(alignment['fallbacks'])} pairs fell back, "
+             f"{len(alignment['deformed'])} deformed.</p>"]
     if alignment["reused_from"]:
         parts.append(f"<p>Transforms reused from {escape(alignment['reused_from'])}.</p>")
     pairs = alignment["pairs"]
@@ -144,9 +145,9 @@ def _alignment(alignment: dict | None) -> str:
         parts.append(_chart("inliers of the model used", [(p["z"], p["inliers"]) for p in pairs], flagged))
         parts.append(_chart("residual (px)", [(p["z"], p["residual_px"]) for p in pairs], flagged))
         rows = [[str(p["z"]), escape(p["model"]), str(p["inliers"]), escape(str(p["reason"]))]
-                for p in pairs if p["fallback"]]
+                for p in pairs if p["fallback"] or p["deformed"]]
         if rows:
-            parts.append(_table(["pair from z", "model", "inliers", "why it fell back"], rows, numeric={0, 2}))
+            parts.append(_table(["pair from z", "model", "inliers", "why it is flagged"], rows, numeric={0, 2}))
     return "\n".join(parts)
 
 

@@ -85,6 +85,7 @@ def alignment(process: str) -> dict | None:
         "height": transforms["height"],
         "slices": transforms["maxz"] - transforms["minz"] + 1,
         "fallbacks": pairs["fallbacks"],
+        "deformed": pairs.get("deformed", []),  # pairs.json of runs before the flag have none
         "pairs": [_pair(entry) for entry in pairs["pairs"]],
     }
 
@@ -99,6 +100,7 @@ def _pair(entry: dict) -> dict:
         "residual_px": fit.get("residual_px"),
         "candidates": entry["candidates"],
         "fallback": entry["fallback"],
+        "deformed": entry.get("deformed", False),
         "reason": entry["reason"],
     }
 
