@@ -4,7 +4,7 @@ VENV := .venv
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lock clean serve
+.PHONY: demo demo-elastic test lock clean serve
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(STAMP): requirements/lock.txt pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/emprocess demo demo-output
+
+# The sample bent by smooth 6-px fields, one per slice, aligned in elastic mode (the image run only).
+demo-elastic: $(STAMP)
+	$(VENV)/bin/emprocess demo demo-elastic-output --deformation 6
 
 # Serve the demo's outputs to neuroglancer (HTTP Range + CORS) and print the viewer links.
 serve: $(STAMP)
@@ -29,4 +33,4 @@ lock: $(STAMP)
 		--no-header -o requirements/lock.txt
 
 clean:
-	rm -rf $(VENV) demo-output
+	rm -rf $(VENV) demo-output demo-elastic-output

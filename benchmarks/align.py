@@ -14,8 +14,16 @@ them, and prints:
     are computed once;
   * cpu_s_per_mp — CPU seconds (all threads) per pair per megapixel of slice: the per-core cost;
   * peak_rss_gb — the process's peak resident memory.
+In elastic mode (``--modes elastic``, both by default, side by side) the pair also measures its flow
+(``emprocess.align.elastic.flow_json``), twice, as each slice has a flow to z+1 and one to z+2:
+  * flow_s — one flow (wall seconds); cpu_s_per_mp then includes both flows;
+  * elastic_vs_affine — elastic cpu_s_per_mp over affine's, same size and downsample.
+``--relax SLICES`` instead times the spring-mesh relaxation (``emprocess.align.relax``) of SLICES
+slices on a GRID × GRID frame grid (a 20k × 20k slice at downsample 4 has a 157² grid) from
+synthetic flows: seconds per slice and peak RSS, which bounds one block's memory.
 
 Targets (issue 3): cpu_s_per_mp ≤ 1.0 at downsample 1; peak RSS ≤ 4 GB for any slice up to 20k × 20k.
+Targets (issue 18): elastic ≤ 3× affine CPU per pair; the relaxation linear in slices, ≤ 1 GB a block.
 """
 
 from __future__ import annotations
@@ -88,9 +96,11 @@ def write_pair(side: int, folder: Path, bits: int) -> tuple[str, str]:
     return urls[0], urls[1]
 
 
-def measure(first: str, second: str, side: int, downsample: int) -> dict:
-    """Runs in a fresh process: describe both slices, register them, report times and memory."""
-    from emprocess.align.compose import homogeneous, max_corner_distance
+def measure(first: str, second: str, side: int, downsample: int, mode: str) -> dict:
+    """Runs in a fresh process: describe both slices, register them (and measure the flows, elastic),
+    report times and memory."""
+    from emprocess.align.compose import choose, homogeneous, max_corner_distance
+    from emprocess.align.elastic import flow_json
     from emprocess.align.register import load_slice, register
 
     slice_wall, slice_cpu = [], []
@@ -103,13 +113,20 @@ def measure(first: str, second: str, side: int, downsample: int) -> dict:
     wall, cpu = time.perf_counter(), time.process_time()
     result = register(*slices)
     register_wall, register_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    flow_wall = flow_cpu = 0.0
+    if mode == "elastic":
+        wall, cpu = time.perf_counter(), time.process_time()
+        flow = flow_json(*slices, choose(result).matrix, 1)
+        flow_wall, flow_cpu = time.perf_counter() - wall, time.process_time() - cpu
     truth = cv2.invertAffineTransform(known_transform(side))
     error = None
     if result["affine"]["found"]:
         error = max_corner_distance(homogeneous(result["affine"]["matrix"]), homogeneous(truth), [side, side])
     megapixels = side * side / 1e6
-    pair_cpu = float(np.mean(slice_cpu)) + register_cpu
+    pair_cpu = float(np.mean(slice_cpu)) + register_cpu + 2 * flow_cpu
+    extra = {"flow_s": round(flow_wall, 2), "flow_valid": flow["valid"]} if mode == "elastic" else {}
     return {
+        "mode": mode,
         "megapixels": round(megapixels, 1),
         "downsample": downsample,
         "slice_s": round(float(np.mean(slice_wall)), 2),
@@ -120,7 +137,29 @@ def measure(first: str, second: str, side: int, downsample: int) -> dict:
         "features": result["features1"],
         "inliers": result["affine"]["inliers"],
         "corner_error_px": None if error is None else round(error, 3),
+        **extra,
     }
+
+
+def measure_relax(slices: int, grid: int) -> dict:
+    """Runs in a fresh process: relax ``slices`` slices of synthetic smooth flows with noise."""
+    from emprocess.align.relax import BLOCK, relax
+
+    rng = np.random.default_rng(0)
+    ys, xs = np.mgrid[0:grid, 0:grid] / 8.0
+
+    def flows(index: int, reach: int) -> np.ndarray | None:
+        if index + reach >= slices:
+            return None
+        field = np.stack([np.sin(xs + index), np.cos(ys - index)], axis=-1) * reach
+        return (field + rng.normal(0, 0.2, field.shape)).astype(np.float32)
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in relax((grid, grid), slices, flows):
+        pass
+    return {"slices": slices, "grid": grid, "block": BLOCK, "s_per_slice": round((time.perf_counter() - wall) / slices, 4),
+            "cpu_s_per_slice": round((time.process_time() - cpu) / slices, 4),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
 
 
 def main() -> None:
@@ -128,11 +167,24 @@ def main() -> None:
     parser.add_argument("--sides", type=int, nargs="+", default=SIDES,
                         help="slice sides in pixels (default: %(default)s)")
     parser.add_argument("--bits", type=int, choices=(8, 16), default=8, help="sample depth of the slices")
-    parser.add_argument("--measure", nargs=4, metavar=("FIRST", "SECOND", "SIDE", "DOWNSAMPLE"), help=argparse.SUPPRESS)
+    parser.add_argument("--modes", nargs="+", choices=("affine", "elastic"), default=("affine", "elastic"))
+    parser.add_argument("--relax", type=int, nargs="+", metavar="SLICES", help="time the relaxation instead")
+    parser.add_argument("--grid", type=int, default=157, help="the relaxation's grid side (default: %(default)s)")
+    parser.add_argument("--measure", nargs=5, metavar=("FIRST", "SECOND", "SIDE", "DOWNSAMPLE", "MODE"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--measure-relax", nargs=2, type=int, metavar=("SLICES", "GRID"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        first, second, side, downsample = args.measure
-        print(json.dumps(measure(first, second, int(side), int(downsample))))
+        first, second, side, downsample, mode = args.measure
+        print(json.dumps(measure(first, second, int(side), int(downsample), mode)))
+        return
+    if args.measure_relax:
+        print(json.dumps(measure_relax(*args.measure_relax)))
+        return
+    if args.relax:
+        print(f"relaxation on {CORES} cores")
+        for slices in args.relax:
+            print(json.dumps(_fresh("--measure-relax", str(slices), str(args.grid))), flush=True)
         return
     print(f"align.pairs on {CORES} cores, {args.bits}-bit slices")
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,9 +193,19 @@ def main() -> None:
             folder.mkdir()
             first, second = write_pair(side, folder, args.bits)
             for downsample in DOWNSAMPLES:
-                run = subprocess.run([sys.executable, __file__, "--measure", first, second, str(side), str(downsample)],
-                                     capture_output=True, text=True, check=True)
-                print(json.dumps(json.loads(run.stdout.strip().splitlines()[-1])), flush=True)
+                cost = {}
+                for mode in args.modes:
+                    line = _fresh("--measure", first, second, str(side), str(downsample), mode)
+                    cost[mode] = line["cpu_s_per_mp"]
+                    if mode == "elastic" and "affine" in cost:
+                        line["elastic_vs_affine"] = round(cost["elastic"] / cost["affine"], 2)
+                    print(json.dumps(line), flush=True)
+
+
+def _fresh(*arguments: str) -> dict:
+    """One measurement in a fresh process (its peak RSS is its own): the last line it prints."""
+    run = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True, check=True)
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

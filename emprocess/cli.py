@@ -100,11 +100,15 @@ def cmd_demo(args) -> int:
 
     exit_on_termination()
     out = Path(args.dir).resolve()
-    conf = write_sample(out / "sample")
+    conf = write_sample(out / "sample", deformation=args.deformation)
     print(f"sample stack: {conf['source']}", flush=True)
     image_run = _run(conf, args)
     if image_run is None:
         return 1
+    if args.deformation > 0:  # the sample's cells are placed by the affines alone: no graph of them
+        print("elastic alignment: see align/pairs.json and the report's elastic residuals; "
+              f"to view: make serve, or emprocess serve {out}")
+        return 0
     transforms = storage.read_json(transforms_url(RunContext.create(conf, image_run).locations.process))
     segmentation = write_sample_segmentation(out / "sample", transforms, out / "sample_segmentation")
     print(f"sample supervoxels in the aligned frame: {segmentation['watershed']}; "
@@ -244,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("demo", help="write the sample stack and run it end to end")
     p.add_argument("dir")
+    p.add_argument("--deformation", type=float, default=0.0, metavar="PX",
+                   help="also bend each slice by its own smooth field of this amplitude and align it with "
+                        "align_mode elastic (the image run only)")
     p.add_argument("--width", type=int, default=1, choices=WIDTHS)
     p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=cmd_demo)

@@ -92,6 +92,9 @@ class RunConf(BaseModel):
              "items": {"type": "number", "minimum": RESOLUTION_NM[0], "maximum": RESOLUTION_NM[1]}}]})
     createRawPyramid: bool = Field(True, alias="createRawPyramid", description="also write the lossless raw volume")
     skip_align: bool = Field(False, description="use identity transforms")
+    align_mode: Literal["affine", "elastic"] = Field(
+        "affine", description="affine: one model per pair of slices; elastic: also a smooth per-slice "
+                              "deformation (patch flow to z+1 and z+2, spring-mesh relaxation)")
     clip_limit: float = Field(0.02, alias="clip-limit", ge=0, le=1, description="CLAHE clip limit, 0 to 1; 0 disables")
     reuse_alignment: str | None = Field(None, description="run id whose transforms to reuse")
     jpeg_quality: int = Field(90, ge=1, le=100, strict=True,

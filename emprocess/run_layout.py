@@ -25,6 +25,7 @@ ALIGN_FOLDER = "align"
 TRANSFORMS_FILE = f"{ALIGN_FOLDER}/transforms.json"  # what ALIGN hands every later stage; written last of ALIGN's
 TRANSFORMS_CSV = f"{ALIGN_FOLDER}/transforms.csv"
 PAIRS_FILE = f"{ALIGN_FOLDER}/pairs.json"  # per pair of slices, the model used and its fit
+ELASTIC_MAPS = f"{ALIGN_FOLDER}/maps.zarr"  # elastic mode: each slice's displacement grid (zarr3)
 INTENSITY_FILE = f"{ALIGN_FOLDER}/intensity.json"  # the stack's 16→8-bit rule
 THUMBNAILS = f"{ALIGN_FOLDER}/thumbnails"  # one <z>.png per aligned slice
 THUMBNAIL_SUFFIX = ".png"

@@ -3,7 +3,8 @@
 Real data cannot tell us the right alignment or segmentation; this sample can. The tissue is a warped
 3D Voronoi tessellation (cells) with dark membranes at cell borders, vesicles and mitochondria inside
 the cells, per-cell tone, grain and imaging noise, generated with isotropic voxels so that consecutive
-slices are consecutive z planes. Each slice is then moved by a known small affine.
+slices are consecutive z planes. Each slice is then moved by a known small affine and, when asked
+(``deformation``, for the elastic demo), by its own known smooth displacement field.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ WARP_AMPLITUDE, WARP_SCALE = 5.0, 40.0  # px; bends the flat Voronoi faces into 
 MEMBRANE, GRAIN = 0.55, 0.2  # darkening of a membrane voxel and cytoplasm grain, before the 1-voxel blur
 PHOTONS, READ_NOISE = 400.0, 0.015  # shot noise at full scale, plus Gaussian detector noise
 MAX_ROTATION_DEG, MAX_SHIFT, MAX_SCALE, MAX_SHEAR = 1.0, 15.0, 0.005, 0.002
+DEFORMATION_WAVES = (0.4, 0.6)  # a deformation's waves are this share of the slice side long
+DEFORMATION_CONVENTION = (
+    "with a deformation, slice z's pixel p shows truth_z at inverse(M_z)·p + d_z(p), where each component "
+    "of d_z is amplitude · sin(2π x / Lx + φx) · sin(2π y / Ly + φy) with [Lx, Ly, φx, φy] its entry in "
+    "deformation.waves[z] (first dx, then dy)"
+)
 
 
 def make_volume(size: int = 512, n_slices: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -47,20 +54,26 @@ def make_volume(size: int = 512, n_slices: int = 24, seed: int = 0) -> tuple[np.
     return _render(rng, labels), labels
 
 
-def write_sample(out_dir: str | Path, *, size: int = 512, n_slices: int = 24, seed: int = 0) -> dict:
+def write_sample(out_dir: str | Path, *, size: int = 512, n_slices: int = 24, seed: int = 0,
+                 deformation: float = 0.0) -> dict:
     """Write the moved slices, the truth and a run conf to ``out_dir``; return the conf.
 
     Files: ``img%05d.png`` (8-bit slices z = 0..n_slices-1), ``labels.npy`` (uint32 (z, y, x) cell
-    labels in the aligned frame), ``truth.json`` (the per-slice matrices, see ``CONVENTION``) and
-    ``conf.json``. Same seed, same bytes.
+    labels in the aligned frame), ``truth.json`` (the per-slice matrices, see ``CONVENTION``, and with
+    ``deformation`` px > 0 each slice's smooth field, see ``DEFORMATION_CONVENTION``) and ``conf.json``
+    (``align_mode`` "elastic" when deformed). Same seed, same bytes.
     """
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     truth, labels = make_volume(size, n_slices, seed)
     transforms = _slice_transforms(size, n_slices, seed)
+    waves = _deformation_waves(size, n_slices, seed) if deformation > 0 else None
     for z, (plane, matrix) in enumerate(zip(truth, transforms)):
-        moved = cv2.warpAffine(plane, matrix, (size, size), flags=cv2.INTER_CUBIC,
-                               borderMode=cv2.BORDER_REFLECT_101)  # no black borders to confuse matching
+        if waves is None:
+            moved = cv2.warpAffine(plane, matrix, (size, size), flags=cv2.INTER_CUBIC,
+                                   borderMode=cv2.BORDER_REFLECT_101)  # no black borders to confuse matching
+        else:
+            moved = _deformed(plane, matrix, deformation, waves[z])
         if not cv2.imwrite(str(out / (IMAGE_TEMPLATE % z)), moved):
             raise OSError(f"could not write {out / (IMAGE_TEMPLATE % z)}")
     np.save(out / "labels.npy", labels)
@@ -70,9 +83,14 @@ def write_sample(out_dir: str | Path, *, size: int = 512, n_slices: int = 24, se
         "size": [size, size],
         "n_slices": n_slices,
     }
+    if waves is not None:
+        truth_doc["deformation"] = {"convention": DEFORMATION_CONVENTION, "amplitude": deformation,
+                                    "waves": {str(z): w for z, w in enumerate(waves)}}
     (out / "truth.json").write_text(json.dumps(truth_doc, indent=1))
     conf = {"id": "sample", "image": IMAGE_TEMPLATE, "minz": 0, "maxz": n_slices - 1,
             "source": f"file://{out}", "resolution": 8}
+    if waves is not None:
+        conf["align_mode"] = "elastic"
     (out / "conf.json").write_text(json.dumps(conf, indent=2))
     return conf
 
@@ -214,6 +232,25 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], scale: 
     planes = coarse[z0] * (1 - frac) + coarse[z0 + 1] * frac
     field = np.stack([cv2.resize(p, (nx, ny), interpolation=cv2.INTER_CUBIC) for p in planes])
     return field / field.std()
+
+
+def _deformation_waves(size: int, n_slices: int, seed: int) -> list[list[list[float]]]:
+    """Per slice, [Lx, Ly, φx, φy] of dx and of dy (see DEFORMATION_CONVENTION)."""
+    rng = np.random.default_rng([seed, 2])  # its own stream: the affines do not depend on it
+    low, high = (share * size for share in DEFORMATION_WAVES)
+    return [[[*rng.uniform(low, high, 2).tolist(), *rng.uniform(0, 2 * np.pi, 2).tolist()] for _ in range(2)]
+            for _ in range(n_slices)]
+
+
+def _deformed(plane: np.ndarray, matrix: np.ndarray, amplitude: float, waves: list[list[float]]) -> np.ndarray:
+    """``plane`` moved by ``matrix`` and then by the smooth field ``waves`` describes."""
+    size = plane.shape[0]
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    back = cv2.invertAffineTransform(matrix)
+    d = [amplitude * np.sin(2 * np.pi * xs / lx + px) * np.sin(2 * np.pi * ys / ly + py) for lx, ly, px, py in waves]
+    map_x = (back[0, 0] * xs + back[0, 1] * ys + back[0, 2] + d[0]).astype(np.float32)
+    map_y = (back[1, 0] * xs + back[1, 1] * ys + back[1, 2] + d[1]).astype(np.float32)
+    return cv2.remap(plane, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
 
 
 def _slice_transforms(size: int, n_slices: int, seed: int) -> list[np.ndarray]:

@@ -7,12 +7,16 @@ Outputs (``transforms.json`` is written last, so its presence means the others a
     ``cv2.warpAffine(slice, M, (width, height))`` renders the aligned slice); width × height is the
     bounding box of all transformed slices, which starts at (0, 0).
   * ``transforms.csv`` — the same matrices, one row per slice: z, a, b, c, d, e, f, source width, height.
-  * ``pairs.json`` — {"minz", "maxz", "mode", "reused_from", "negligible_px", "fallbacks": [z ...],
-    "deformed": [z ...], "pairs": [{"z", "model", "fallback", "deformed", "reason", "departure_px",
-    "candidates", "features", "attempts", "affine", "translation"}]} with one entry per pair (z, z+1);
-    every fallback and deformed pair is also logged as a warning on the ``emprocess.align`` logger.
+  * ``pairs.json`` — {"minz", "maxz", "mode", "align_mode", "reused_from", "negligible_px", "fallbacks":
+    [z ...], "deformed": [z ...], "worst_elastic": [z ...], "pairs": [{"z", "model", "fallback",
+    "deformed", "reason", "departure_px", "candidates", "features", "attempts", "affine", "translation",
+    "elastic"}]} with one entry per pair (z, z+1); every fallback and deformed pair is also logged as a
+    warning on the ``emprocess.align`` logger.
+  * elastic mode: ``maps.zarr`` (see ``emprocess.align.maps``), written before transforms.json, which
+    then has an ``elastic`` entry naming it; each pair's ``elastic`` entry is what the maps leave of its
+    flow (``maps.pair_quality``), and ``worst_elastic`` names the pairs that keep the most.
 
-Modes: "pairwise" composes the align.pairs results; "skip_align" gives identity transforms (slice
+Modes: "pairwise" composes the align.pairs results (and, elastic, relaxes their flows); "skip_align" gives identity transforms (slice
 sizes from image headers); "reused" takes another run's transforms.json (the reused frame is kept, so
 re-exports of one dataset line up).
 """
@@ -30,12 +34,14 @@ from emprocess import storage
 from emprocess.align import transforms_url
 from emprocess.align.compose import NEGLIGIBLE_PX, choose, compose, frame
 from emprocess.align.images import image_size
+from emprocess.align.maps import make_maps
 from emprocess.payloads import MAX_TEXT, Axis, Index, Location, Payload
 from emprocess.run_layout import PAIRS_FILE, TRANSFORMS_CSV
 from emprocess.stages import InputError, Result
 
 log = logging.getLogger("emprocess.align")
 READ_THREADS = 16
+WORST_SHOWN = 5  # pairs named as the worst the elastic maps leave
 
 
 class CollectPayload(Payload):
@@ -49,6 +55,7 @@ class CollectPayload(Payload):
     source: Location
     image: Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
     skip_align: bool
+    elastic: bool = False
     reuse: Location | None = None
     pairs: list[Location]
 
@@ -81,7 +88,7 @@ def collect(payload: CollectPayload) -> CollectResult:
     elif payload.skip_align or minz == maxz:
         transforms, pairs = _identity(payload, minz, maxz)
     else:
-        transforms, pairs = _pairwise(payload.pairs, minz, maxz)
+        transforms, pairs = _pairwise(payload.pairs, minz, maxz, payload.process if payload.elastic else None)
     storage.write_json(storage.join(payload.process, PAIRS_FILE), pairs)
     storage.write(storage.join(payload.process, TRANSFORMS_CSV), _csv(transforms).encode())
     storage.write_json(transforms_url(payload.process), transforms)
@@ -90,8 +97,9 @@ def collect(payload: CollectPayload) -> CollectResult:
                          transforms=transforms_url(payload.process))
 
 
-def _pairwise(result_urls: list[str], minz: int, maxz: int) -> tuple[dict, dict]:
-    results = _pair_results(result_urls, minz, maxz)
+def _pairwise(result_urls: list[str], minz: int, maxz: int, elastic_process: str | None) -> tuple[dict, dict]:
+    """Compose the pairs' models; with ``elastic_process``, also relax their flows into maps there."""
+    results, documents = _pair_results(result_urls, minz, maxz)
     sizes = _sizes_from_pairs(results)
     choices = {z: choose(pair) for z, pair in results.items()}
     for z, choice in choices.items():
@@ -117,7 +125,17 @@ def _pairwise(result_urls: list[str], minz: int, maxz: int) -> tuple[dict, dict]
         for z, choice in choices.items()
     ]
     matrices = {z: choice.matrix for z, choice in choices.items()}
-    return _transforms(minz, maxz, compose(minz, maxz, matrices), sizes), _pairs(minz, maxz, "pairwise", entries)
+    transforms = _transforms(minz, maxz, compose(minz, maxz, matrices), sizes)
+    if elastic_process is None:
+        return transforms, _pairs(minz, maxz, "pairwise", entries)
+    transforms["elastic"], quality = make_maps(elastic_process, transforms, documents)
+    for entry in entries:
+        entry["elastic"] = quality[entry["z"]]
+    worst = sorted((e for e in entries if e["elastic"]["residual_px"] is not None),
+                   key=lambda e: -e["elastic"]["residual_px"])[:WORST_SHOWN]
+    log.info("elastic maps: worst pairs %s", ", ".join(f"{e['z']}→{e['z'] + 1} {e['elastic']['residual_px']} px"
+                                                       for e in worst))
+    return transforms, _pairs(minz, maxz, "pairwise", entries, align_mode="elastic", worst=[e["z"] for e in worst])
 
 
 def _identity(payload: CollectPayload, minz: int, maxz: int) -> tuple[dict, dict]:
@@ -143,26 +161,32 @@ def _reused(process: str, minz: int, maxz: int) -> tuple[dict, dict]:
         "transforms": {z: reused["transforms"][z] for z in keep},
         "source_sizes": {z: reused["source_sizes"][z] for z in keep},
     }
+    if "elastic" in reused:  # its maps stay where they are, indexed from their own first slice
+        transforms["elastic"] = reused["elastic"]
     old_pairs = storage.read_json_if_exists(storage.join(process, PAIRS_FILE))
     entries = [] if old_pairs is None else old_pairs["pairs"]
     entries = [e for e in entries if minz <= e["z"] < maxz]
-    return transforms, _pairs(minz, maxz, "reused", entries, reused_from=process)
+    return transforms, _pairs(minz, maxz, "reused", entries, reused_from=process,
+                              align_mode="elastic" if "elastic" in reused else "affine")
 
 
-def _pair_results(urls: list[str], minz: int, maxz: int) -> dict[int, dict]:
-    """Every align.pairs result by its first slice; each pair must be present exactly once."""
+def _pair_results(urls: list[str], minz: int, maxz: int) -> tuple[dict[int, dict], dict[int, str]]:
+    """Every align.pairs result by its first slice, without its flows (read again when relaxed), and
+    the result document it came from; each pair must be present exactly once."""
     with ThreadPoolExecutor(READ_THREADS) as pool:
         documents = list(pool.map(storage.read_json, urls))
     results: dict[int, dict] = {}
+    where: dict[int, str] = {}
     for url, document in zip(urls, documents):
         for pair in document["pairs"]:
             if pair["z"] in results:
                 raise InputError(f"{url}: pair {pair['z']}→{pair['z'] + 1} appears in two align.pairs results")
-            results[pair["z"]] = pair
+            results[pair["z"]] = {key: value for key, value in pair.items() if key not in ("flow1", "flow2")}
+            where[pair["z"]] = url
     missing = [z for z in range(minz, maxz) if z not in results]
     if missing:
         raise InputError(f"no align.pairs result for pairs starting at z={missing[:10]} (results read: {len(urls)})")
-    return {z: results[z] for z in range(minz, maxz)}
+    return {z: results[z] for z in range(minz, maxz)}, where
 
 
 def _sizes_from_pairs(results: dict[int, dict]) -> dict[int, list[int]]:
@@ -187,15 +211,18 @@ def _transforms(minz: int, maxz: int, composed: dict, sizes: dict[int, list[int]
     }
 
 
-def _pairs(minz: int, maxz: int, mode: str, entries: list[dict], reused_from: str | None = None) -> dict:
+def _pairs(minz: int, maxz: int, mode: str, entries: list[dict], reused_from: str | None = None,
+           align_mode: str = "affine", worst: list[int] | None = None) -> dict:
     return {
         "minz": minz,
         "maxz": maxz,
         "mode": mode,
+        "align_mode": align_mode,
         "reused_from": reused_from,
         "negligible_px": NEGLIGIBLE_PX,
         "fallbacks": [e["z"] for e in entries if e["fallback"]],
         "deformed": [e["z"] for e in entries if e.get("deformed")],  # reused pairs.json may predate it
+        "worst_elastic": worst or [],
         "pairs": entries,
     }
 

@@ -14,6 +14,11 @@ null), "inliers", "residual_px"}, "translation": {…}}
 in full-resolution pixels; each matrix maps img2 (slice z+1) pixel coordinates into img1 (slice z)
 pixel coordinates. No model found is a normal result with found=false.
 
+With ``"elastic": true`` (the conf's align_mode "elastic") each pair result also has ``flow1`` and
+``flow2``: the patch flow of slice z to z+1 and to z+2 (``FlowResult``, see emprocess.align.elastic);
+a batched payload then names the slice after its last in ``next_image`` when the stack has one, so
+every slice's flow2 is measured by exactly one mini-task.
+
 align.collect is one light mini-task ("collect") that composes the results (see emprocess.align.collect).
 """
 
@@ -26,16 +31,21 @@ from pydantic import Field, model_serializer, model_validator
 from emprocess import storage
 from emprocess.registry import facts
 from emprocess.align.collect import CollectPayload, CollectResult, collect
+from emprocess.align.elastic import register_run_elastic
 from emprocess.align.images import image_size
 from emprocess.align.register import register_run
 from emprocess.payloads import MAX_URLS, Axis, Index, Location, Payload
 from emprocess.stages import MiniTask, Result, RunContext, Stage
 
 PAIRS_PER_TASK = 8
+FLOWS = ("flow1", "flow2")
 # Peak memory of one call, fitted to what benchmarks/align.py measured: 0.8 GB for a 16 MP pair,
 # 2.0 GB for a 20k × 20k one (the README's table).
 PAIR_BASE_BYTES = 750_000_000
 PAIR_BYTES_PER_PIXEL = 3.125
+# Elastic mode, per working-resolution pixel: a third prepared slice, two warped copies (1 byte each)
+# and the follow step's bands; an estimate from the code, not yet fitted to a 20k² measurement.
+FLOW_BYTES_PER_WORKING_PIXEL = 4
 
 Size = Annotated[list[Axis], Field(min_length=2, max_length=2)]
 
@@ -49,11 +59,15 @@ class PairsPayload(Payload):
     img1: Location | None = None
     img2: Location | None = None
     downsample: Annotated[int, Field(ge=1, le=64)] = 1
+    elastic: bool = False
+    next_image: Location | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> "PairsPayload":
         plain = (self.img1, self.img2)
         batched = (self.images, self.z)
+        if self.next_image is not None and not (self.elastic and self.images is not None):
+            raise ValueError("'next_image' goes with 'elastic' and 'images' only")
         if all(v is not None for v in plain) and all(v is None for v in batched):
             return self
         if any(v is not None for v in plain) or any(v is None for v in batched):
@@ -77,6 +91,22 @@ class ModelResult(Result):
     local_residual_px: float | None = None  # what the residuals' local medians leave (RMS)
 
 
+class FlowResult(Result):
+    """The flow of slice z to slice z+``reach`` on a grid of slice z: point (i, j) at full-resolution
+    pixel (origin[0] + j·stride[0], origin[1] + i·stride[1]) has displacement (dx[i][j], dy[i][j]),
+    null where filtered out, meaning slice z there shows what slice z+reach, mapped by ``prewarp``
+    (2×3, slice z+reach px → slice z px), shows at that point plus the displacement; ``valid`` is the
+    share of points kept."""
+
+    reach: Annotated[int, Field(ge=1, le=2)]
+    prewarp: list[list[float]]
+    origin: Annotated[list[float], Field(min_length=2, max_length=2)]
+    stride: Annotated[list[float], Field(min_length=2, max_length=2)]
+    dx: list[list[float | None]]
+    dy: list[list[float | None]]
+    valid: float
+
+
 class PairResult(Result):
     """One registered pair, in full-resolution pixels (see the module docstring)."""
 
@@ -92,9 +122,16 @@ class PairResult(Result):
 
 
 class RunPairResult(PairResult):
-    """A pair of a run, named by its first slice ``z``."""
+    """A pair of a run, named by its first slice ``z``; elastic mode adds its flows."""
 
     z: Index
+    flow1: FlowResult | None = None
+    flow2: FlowResult | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_flows(self, handler):
+        """Affine results keep the keys they always had."""
+        return {key: value for key, value in handler(self).items() if value is not None or key not in FLOWS}
 
 
 class PairsResult(Result):
@@ -111,6 +148,8 @@ class PairsResult(Result):
     attempt: int | None = None
     affine: ModelResult | None = None
     translation: ModelResult | None = None
+    flow1: FlowResult | None = None
+    flow2: FlowResult | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> "PairsResult":
@@ -135,6 +174,10 @@ def plan_pairs(ctx: RunContext) -> list[MiniTask]:
         last = min(first + PAIRS_PER_TASK, conf.maxz)
         zs = list(range(first, last + 1))
         payload = {"images": [conf.slice_url(z) for z in zs], "z": zs, "downsample": conf.downsample_factor}
+        if conf.align_mode == "elastic":
+            payload["elastic"] = True
+            if last < conf.maxz:
+                payload["next_image"] = conf.slice_url(last + 1)
         tasks.append({"key": f"z{first:08d}-{last:08d}", "payload": payload})
     return tasks
 
@@ -142,16 +185,24 @@ def plan_pairs(ctx: RunContext) -> list[MiniTask]:
 def align_pairs(payload: PairsPayload) -> PairsResult:
     """Register adjacent slices (either payload form, see the module docstring)."""
     if payload.img1 is not None:
-        return PairsResult(**next(register_run([payload.img1, payload.img2], payload.downsample)))
-    runs = register_run(payload.images, payload.downsample)
+        return PairsResult(**next(_registered([payload.img1, payload.img2], payload)))
+    runs = _registered(payload.images, payload)
     return PairsResult(pairs=[RunPairResult(z=z, **result) for z, result in zip(payload.z, runs)])
 
 
+def _registered(urls: list[str], payload: PairsPayload):
+    if payload.elastic:
+        return register_run_elastic(urls, payload.downsample, payload.next_image)
+    return register_run(urls, payload.downsample)
+
+
 def pairs_memory(payload: PairsPayload) -> int:
-    """Peak bytes of one call: grows with the largest slice (its header gives the size)."""
+    """Peak bytes of one call: grows with the largest slice (its header gives the size); elastic mode
+    holds a third slice and the flow's warped copies and maps, at the working resolution."""
     images = payload.images or [payload.img1, payload.img2]
     largest = max(w * h for w, h in map(image_size, images))
-    return int(PAIR_BASE_BYTES + PAIR_BYTES_PER_PIXEL * largest)
+    elastic = FLOW_BYTES_PER_WORKING_PIXEL * largest / payload.downsample**2 if payload.elastic else 0
+    return int(PAIR_BASE_BYTES + PAIR_BYTES_PER_PIXEL * largest + elastic)
 
 
 def plan_collect(ctx: RunContext) -> list[MiniTask]:
@@ -165,6 +216,7 @@ def plan_collect(ctx: RunContext) -> list[MiniTask]:
         "source": conf.source,
         "image": conf.image,
         "skip_align": conf.skip_align,
+        "elastic": conf.align_mode == "elastic",
         "reuse": conf.reused_process(),
         "pairs": [ctx.cache_url(PAIRS.name, task["key"]) for task in plan_pairs(ctx)],
     }

@@ -16,8 +16,9 @@ from pydantic import Field, model_validator
 
 from emprocess import storage
 from emprocess.align.images import image_size, read_image
+from emprocess.align.maps import read_map
 from emprocess.pyramid.intensity import RuleResult, stored_rule
-from emprocess.pyramid.warp import clahe, thumbnail_png, warp
+from emprocess.pyramid.warp import clahe, thumbnail_png, warp, warp_elastic
 from emprocess.pyramid.writers import ALIGNED_CHUNKS, open_zarr, zarr_chunk_key
 from emprocess.payloads import Axis, Index, Location, Payload
 from emprocess.stages import InputError, Result
@@ -29,6 +30,15 @@ WARP_BASE_BYTES = 100_000_000
 WARP_BYTES_PER_SOURCE_PIXEL = 2
 WARP_BYTES_PER_ALIGNED_PIXEL = 2
 Size = Annotated[list[Axis], Field(min_length=2, max_length=2)]
+
+
+class ElasticMap(Payload):
+    """Where a slice's elastic map is (see emprocess.align.maps): entry ``index`` of the array ``maps``."""
+
+    maps: Location
+    index: Index
+    stride: Annotated[int, Field(ge=1)]
+    grid: Size
 
 
 class WarpPayload(Payload):
@@ -47,6 +57,7 @@ class WarpPayload(Payload):
     aligned: Location
     thumbnail: Location
     intensity: Location
+    elastic: ElasticMap | None = None
 
     @model_validator(mode="after")
     def _in_volume(self) -> "WarpPayload":
@@ -102,7 +113,12 @@ def write_aligned_slice(payload: WarpPayload) -> WarpResult:
     if image.dtype == np.uint16:
         rule = stored_rule(payload.intensity, z)
         image = rule.apply(image)
-    warped = warp(image, matrix, width, height)
+    if payload.elastic is None:
+        warped = warp(image, matrix, width, height)
+    else:
+        elastic = payload.elastic
+        displacement = read_map(elastic.maps, elastic.index, tuple(elastic.grid))
+        warped = warp_elastic(image, matrix, displacement, elastic.stride, width, height)
     del image
     out = clahe(warped, payload.clip_limit)
     del warped

@@ -11,7 +11,7 @@ write; the plans give every file to exactly one mini-task.
 Payloads:
   align.intensity {url, sample: [slice URLs]}
   align.warp     {z, slice, source_size, transform, width, height, depth, z_index, clip_limit, aligned,
-                  thumbnail, intensity (the rule's URL)}
+                  thumbnail, intensity (the rule's URL), elastic: {maps, index, stride, grid} in elastic mode}
   pyramid.meta   {jpeg, raw|null, layout, jpeg_quality, provenance: {description, sources, owners, method}}
   pyramid.shard  {block: [i, j, k], aligned, jpeg, raw|null, seed|null, layout, jpeg_quality}
   pyramid.top    {seed, jpeg, raw|null, layout, jpeg_quality}
@@ -194,6 +194,10 @@ def plan_warp(ctx: RunContext) -> list[MiniTask]:
             "thumbnail": ctx.locations.thumbnail(z),
             "intensity": ctx.locations.intensity,
         }})
+        if "elastic" in transforms:
+            elastic = transforms["elastic"]
+            tasks[-1]["payload"]["elastic"] = {"maps": elastic["maps"], "index": z - elastic["minz"],
+                                               "stride": elastic["stride"], "grid": elastic["grid"]}
     return tasks
 
 

@@ -1,4 +1,4 @@
-"""One slice into the aligned frame: affine warp, CLAHE, thumbnail (pure image functions).
+"""One slice into the aligned frame: affine (or elastic) warp, CLAHE, thumbnail (pure image functions).
 
 The warp is bicubic with zero fill and runs in bands of output rows, so OpenCV never needs more than
 the source and the output (a 20k×20k slice stays well inside 4 GB). CLAHE runs once on the whole
@@ -11,7 +11,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from emprocess.align.maps import dense
+
 BAND_ROWS = 1024
+ELASTIC_BAND_ROWS = 256
 CLAHE_TILES = (8, 8)  # skimage's default kernel (1/8 of each side), whose clip-limit convention the conf uses
 THUMBNAIL_SIDE = 2048
 
@@ -25,6 +28,26 @@ def warp(image: np.ndarray, matrix: np.ndarray, width: int, height: int) -> np.n
         band[1, 2] -= r0  # the band's rows start at r0
         cv2.warpAffine(image, band, (width, r1 - r0), dst=out[r0:r1], flags=cv2.INTER_CUBIC,
                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return out
+
+
+def warp_elastic(image: np.ndarray, matrix: np.ndarray, displacement: np.ndarray, stride: int, width: int,
+                 height: int) -> np.ndarray:
+    """``warp`` followed by an elastic map: output pixel g shows the source at matrix⁻¹·(g + u(g)), u the
+    (ny, nx, 2) ``displacement`` grid (point (i, j) at output pixel (j·stride, i·stride)) interpolated
+    as ``maps.dense`` does. In bands of ELASTIC_BAND_ROWS rows: the per-pixel maps are 24 bytes a pixel."""
+    back = cv2.invertAffineTransform(np.asarray(matrix, np.float64))
+    out = np.empty((height, width), np.uint8)
+    xs = np.arange(width, dtype=np.float32)
+    for r0 in range(0, height, ELASTIC_BAND_ROWS):
+        r1 = min(r0 + ELASTIC_BAND_ROWS, height)
+        ys = np.arange(r0, r1, dtype=np.float32)[:, None]
+        u = dense(displacement, 0.0, stride, xs, ys[:, 0])
+        px, py = xs + u[..., 0], ys + u[..., 1]
+        map_x = (back[0, 0] * px + back[0, 1] * py + back[0, 2]).astype(np.float32)
+        map_y = (back[1, 0] * px + back[1, 1] * py + back[1, 2]).astype(np.float32)
+        cv2.remap(image, map_x, map_y, cv2.INTER_CUBIC, dst=out[r0:r1], borderMode=cv2.BORDER_CONSTANT,
+                  borderValue=0)
     return out
 
 

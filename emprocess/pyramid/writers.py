@@ -28,7 +28,8 @@ ALIGNED_CHUNKS = (1, 1024, 1024)
 SEED_CHUNKS = (CHUNK, CHUNK, CHUNK)
 
 
-def _open(spec: dict, url: str, **options) -> ts.TensorStore:
+def open_store(spec: dict, url: str, **options) -> ts.TensorStore:
+    """Open a tensorstore spec; missing → FileNotFoundError, incompatible → InputError, naming ``url``."""
     try:
         return ts.open(spec, context=storage.context(), **options).result()
     except ValueError as err:
@@ -60,8 +61,8 @@ def zarr_chunk_key(index: tuple[int, int, int]) -> str:
 def open_zarr(url: str, shape: tuple[int, int, int], chunks: tuple[int, int, int], create: bool) -> ts.TensorStore:
     """The (z, y, x) array at ``url``; with ``create``, made if absent. Its shape must be ``shape``."""
     if create:
-        return _open(zarr_spec(url, shape, chunks), url, create=True, open=True)
-    volume = _open(zarr_spec(url), url, open=True)
+        return open_store(zarr_spec(url, shape, chunks), url, create=True, open=True)
+    volume = open_store(zarr_spec(url), url, open=True)
     if tuple(volume.shape) != tuple(shape):
         raise InputError(f"{url}: shape {tuple(volume.shape)} (z, y, x), expected {tuple(shape)}")
     return volume
@@ -83,7 +84,7 @@ def open_scale(url: str, layout: PyramidLayout, scale: int, encoding: str,
                jpeg_quality: int | None = None) -> ts.TensorStore:
     """Scale ``scale`` of the precomputed volume at ``url`` as an (x, y, z) view whose origin is the
     volume's ``voxel_offset`` (channel dropped)."""
-    volume = _open(scale_spec(url, layout, scale, encoding, jpeg_quality), url, open=True)
+    volume = open_store(scale_spec(url, layout, scale, encoding, jpeg_quality), url, open=True)
     return volume[ts.d["channel"][0]].translate_to[0, 0, 0]
 
 

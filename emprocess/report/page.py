@@ -134,7 +134,8 @@ def _alignment(alignment: dict | None) -> str:
     if alignment is None:
         return "<h2>Alignment</h2>\n<p>No alignment yet (align.collect has not run).</p>"
     parts = ["<h2>Alignment</h2>",
-             f"<p>{alignment['slices']} slices, mode {escape(alignment['mode'])}, aligned frame "
+             f"<p>{alignment['slices']} slices, mode {escape(alignment['mode'])} "
+             f"({escape(alignment['align_mode'])}), aligned frame "
              f"{alignment['width']} × {alignment['height']} px; {len(alignment['fallbacks'])} pairs fell back, "
              f"{len(alignment['deformed'])} deformed.</p>"]
     if alignment["reused_from"]:
@@ -148,12 +149,18 @@ def _alignment(alignment: dict | None) -> str:
                 for p in pairs if p["fallback"] or p["deformed"]]
         if rows:
             parts.append(_table(["pair from z", "model", "inliers", "why it is flagged"], rows, numeric={0, 2}))
+        if alignment["align_mode"] == "elastic":
+            residual = {p["z"]: p["elastic_px"] for p in pairs}
+            worst = alignment["worst_elastic"]
+            parts.append(_chart("elastic residual (px RMS)", list(residual.items()), set(worst)))
+            parts.append(_table(["worst pair from z", "elastic residual (px RMS)"],
+                                [[str(z), f"{residual[z]:g}"] for z in worst], numeric={0, 1}))
     return "\n".join(parts)
 
 
 def _chart(label: str, points: list[tuple[int, float | None]], flagged: set[int]) -> str:
-    """An SVG line chart of one value per pair; pairs that fell back are red dots at their value (or
-    on the axis when the model used has no fit)."""
+    """An SVG line chart of one value per pair; ``flagged`` pairs (fallbacks, or the worst elastic ones)
+    are red dots at their value (or on the axis when there is none)."""
     zs = [z for z, _ in points]
     values = [v for _, v in points if v is not None]
     top = max(values, default=0) or 1

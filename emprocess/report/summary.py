@@ -80,6 +80,8 @@ def alignment(process: str) -> dict | None:
         return None
     return {
         "mode": pairs["mode"],
+        "align_mode": pairs.get("align_mode", "affine"),  # pairs.json of runs before elastic mode have none
+        "worst_elastic": pairs.get("worst_elastic", []),
         "reused_from": pairs["reused_from"],
         "width": transforms["width"],
         "height": transforms["height"],
@@ -102,6 +104,7 @@ def _pair(entry: dict) -> dict:
         "fallback": entry["fallback"],
         "deformed": entry.get("deformed", False),
         "reason": entry["reason"],
+        "elastic_px": (entry.get("elastic") or {}).get("residual_px"),  # what the elastic maps leave (RMS)
     }
 
 
