@@ -267,3 +267,18 @@ def test_the_deformed_sample_aligns_better_elastic_and_its_report_charts_it(tmp_
     assert sorted(residual, key=lambda z: -residual[z]) == pairs["worst_elastic"]
     for z in pairs["worst_elastic"]:
         assert f'<td class="number">{z}</td><td class="number">{residual[z]:g}</td>' in worst_table
+
+
+def test_a_run_reusing_an_elastic_alignment_warps_with_its_maps(tmp_path):
+    """reuse_alignment takes the other run's transforms and its maps where they are: the aligned
+    slices come out byte-identical."""
+    slices = [real_slice(0), real_slice(1), real_slice(0)]
+    first, volume = run_stack(tmp_path, slices, align_mode="elastic")
+    second = RunContext.create({**first.conf.to_json(), "reuse_alignment": first.run_id}, "run-2")
+    for stage in (PAIRS, COLLECT, INTENSITY, WARP):
+        run_in_process(stage, second, 0, 1)
+    reused = read_align(second, "transforms.json")
+    assert reused["elastic"] == read_align(first, "transforms.json")["elastic"]
+    assert read_align(second, "pairs.json")["align_mode"] == "elastic"
+    again = open_zarr(second.locations.aligned, volume.shape, (1, 1024, 1024), create=False).read().result()
+    assert np.array_equal(again, volume)

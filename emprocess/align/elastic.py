@@ -25,10 +25,9 @@ from emprocess.align.flow import Flow, patch_flow
 from emprocess.align.maps import dense
 from emprocess.align.register import Slice, load_slice, register
 
-REACHES = (1, 2)  # flows to the next slice and to the one after it, which bridges a bad slice
 DECIMALS = 3  # flow vectors are stored to a thousandth of a pixel
 PASSES = 2  # flow measurements, each after warping by the last
-FIRST_PASS_DEVIATION = 8.0  # px: the first pass's consistency bound; the second pass holds flow's own
+FIRST_PASS_DEVIATION = 8.0  # px: the first pass's consistency bound; later passes hold flow.MAX_DEVIATION
 FOLLOW_ROWS = 512  # rows resampled at once when the first flow is applied (20 bytes a pixel)
 
 
@@ -59,7 +58,7 @@ def flow_json(fixed: Slice, moving: Slice, prewarp: np.ndarray, reach: int) -> d
     scale_fixed, scale_moving = _scales(fixed), _scales(moving)
     working = _to_working(scale_fixed) @ prewarp @ np.linalg.inv(_to_working(scale_moving))
     height, width = fixed.prepared.shape
-    warped = cv2.warpAffine(moving.prepared, working[:2], (width, height), flags=cv2.INTER_LINEAR,
+    warped = cv2.warpAffine(moving.prepared, working[:2], (width, height), flags=cv2.INTER_CUBIC,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     flow = refined_flow(fixed.prepared, warped)
     return {
@@ -74,8 +73,8 @@ def flow_json(fixed: Slice, moving: Slice, prewarp: np.ndarray, reach: int) -> d
 
 
 def refined_flow(fixed: np.ndarray, moving: np.ndarray) -> Flow:
-    """The patch flow, measured twice: again after ``moving`` is warped by the first flow, so the second
-    pass sees patches that nearly match, undistorted by the deformation's gradient across a patch (8 px
+    """The patch flow, measured PASSES times, each after ``moving`` is warped by the flow so far, so a
+    later pass sees patches that nearly match, undistorted by the deformation's gradient across a patch (8 px
     waves 260 px long move a 64-px patch's pixels ±2 px about its centre, and their crests fail the
     neighbourhood check), and adds its small correction. The first flow's dropped vectors take their
     nearest kept neighbour's value for the warp, so the second pass measures there too: a vector is

@@ -3,7 +3,7 @@
 Format (``align/maps.zarr``, zarr v3, float32, shape (slices, ny, nx, 2), one chunk per slice, dimension
 names z, gy, gx, d): entry [z − minz, i, j] is the displacement (dx, dy) in aligned-frame pixels at
 grid point (j·stride, i·stride). The aligned slice z shows, at frame pixel g, its affinely aligned
-self at g + u(g), u interpolated bilinearly between grid points; in source pixels that is
+self at g + u(g), u interpolated bicubically between grid points (``dense``); in source pixels that is
 T⁻¹(g + u(g)) with T the slice's matrix in ``transforms.json``, whose ``elastic`` entry names the
 maps' URL, stride, grid and first slice. The grid covers the frame: its last row and column lie at or
 beyond the frame's last pixel.
@@ -30,7 +30,7 @@ from emprocess.stages import InputError
 
 DIMENSIONS = ["z", "gy", "gx", "d"]
 FLOW_DOCUMENTS = 8  # align.pairs results kept in memory while relaxing (8 pairs each)
-DECIMALS = 3
+DECIMALS = 3  # the quality figures are rounded to a thousandth of a pixel
 MIN_KNOWN_WEIGHT = 0.5  # share of the bilinear weight that known vectors must hold for a value
 # A flow keeping fewer of its grid points is taken for chance and not used: ISBI 2012's serial sections,
 # 50 nm apart, keep 0–30 %; real FIB-SEM neighbours under 8-px deformations 65–90 %.
@@ -51,7 +51,7 @@ def grid_points(shape: tuple[int, int], stride: int) -> np.ndarray:
 
 def dense(vectors: np.ndarray, origin: float, stride: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """A complete (ny, nx, 2) grid of vectors (point (i, j) at pixel (origin + j·stride, origin + i·stride))
-    at every pixel of the rows ``ys`` (column vector) × columns ``xs``: (rows, columns, 2) float32.
+    at every pixel of the rows ``ys`` × columns ``xs`` (1-D): (rows, columns, 2) float32.
     Bicubic, the border's value beyond the grid: bilinear would miss a 250-px wave of 8 px by up to 1
     px between points 32 px apart, bicubic by a few hundredths."""
     grid_x = np.broadcast_to(((xs - origin) / stride).astype(np.float32), (len(ys), len(xs)))
