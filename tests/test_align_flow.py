@@ -15,18 +15,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from test_align_accuracy import EM_SLICES, ISBI, need
+
 from emprocess.align.flow import MAX_SHIFT, PATCH, STRIDE, Flow, patch_flow
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-EM_SLICES = [SHARED_DATA / "em" / "iso.03493.png", SHARED_DATA / "em" / "iso.03494.png"]
-ISBI = SHARED_DATA / "isbi2012" / "image"
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"{path} is absent (the real EM reference data)")
-    return path
-
 
 def read(path: Path) -> np.ndarray:
     return cv2.imread(str(need(path)), cv2.IMREAD_UNCHANGED)
