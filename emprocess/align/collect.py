@@ -34,7 +34,7 @@ from emprocess import storage
 from emprocess.align import transforms_url
 from emprocess.align.compose import NEGLIGIBLE_PX, choose, compose, frame
 from emprocess.align.images import image_size
-from emprocess.align.maps import make_maps
+from emprocess.align.maps import FLOW_KEYS, make_maps
 from emprocess.payloads import MAX_TEXT, Axis, Index, Location, Payload
 from emprocess.run_layout import PAIRS_FILE, TRANSFORMS_CSV
 from emprocess.stages import InputError, Result
@@ -181,7 +181,7 @@ def _pair_results(urls: list[str], minz: int, maxz: int) -> tuple[dict[int, dict
         for pair in document["pairs"]:
             if pair["z"] in results:
                 raise InputError(f"{url}: pair {pair['z']}→{pair['z'] + 1} appears in two align.pairs results")
-            results[pair["z"]] = {key: value for key, value in pair.items() if key not in ("flow1", "flow2")}
+            results[pair["z"]] = {key: value for key, value in pair.items() if key not in FLOW_KEYS}
             where[pair["z"]] = url
     missing = [z for z in range(minz, maxz) if z not in results]
     if missing:

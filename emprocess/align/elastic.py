@@ -18,11 +18,10 @@ from collections.abc import Iterator
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from emprocess.align.compose import choose
-from emprocess.align.flow import Flow, patch_flow
-from emprocess.align.maps import dense
+from emprocess.align.flow import Flow, nearest_filled, patch_flow
+from emprocess.align.maps import dense, flow_key
 from emprocess.align.register import Slice, load_slice, register
 
 DECIMALS = 3  # flow vectors are stored to a thousandth of a pixel
@@ -44,11 +43,11 @@ def register_run_elastic(urls: list[str], downsample: int, next_url: str | None)
         pair = register(window[-2], window[-1])
         models.append(choose(pair).matrix)
         if index < len(urls):
-            pair["flow1"] = flow_json(window[-2], window[-1], models[-1], 1)
-            pair["flow2"] = None
+            pair[flow_key(1)] = flow_json(window[-2], window[-1], models[-1], 1)
+            pair[flow_key(2)] = None
             results.append(pair)
         if index >= 2:
-            results[index - 2]["flow2"] = flow_json(window[-3], window[-1], models[-2] @ models[-1], 2)
+            results[index - 2][flow_key(2)] = flow_json(window[-3], window[-1], models[-2] @ models[-1], 2)
     yield from results
 
 
@@ -83,7 +82,7 @@ def refined_flow(fixed: np.ndarray, moving: np.ndarray) -> Flow:
     for _ in range(PASSES - 1):
         if not flow.valid.any():
             return flow
-        filled = _filled(flow)
+        filled = nearest_filled(flow.vectors, flow.valid)
         again = patch_flow(fixed, follow(moving, flow.origin, flow.stride, filled))
         flow = Flow(flow.origin, flow.stride, filled + again.vectors, again.peak, again.ratio)
     return flow
@@ -103,12 +102,6 @@ def follow(moving: np.ndarray, origin: float, stride: int, vectors: np.ndarray) 
         cv2.remap(moving, xs + v[..., 0], ys + v[..., 1], cv2.INTER_CUBIC, dst=out[r0:r1],
                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return out
-
-
-def _filled(flow: Flow) -> np.ndarray:
-    """The flow's vectors with each dropped one replaced by its nearest kept one."""
-    nearest = ndimage.distance_transform_edt(~flow.valid, return_distances=False, return_indices=True)
-    return flow.vectors[nearest[0], nearest[1]]
 
 
 def _scales(image: Slice) -> tuple[float, float]:

@@ -155,11 +155,16 @@ def _coarse_offsets(fixed: np.ndarray, moving: np.ndarray, patch: int, stride: i
     trusted = _accepted(vectors, coarse.trusted.reshape(ny, nx), max_deviation)
     if not trusted.any():
         return np.zeros((*grid, 2), int)
-    nearest = ndimage.distance_transform_edt(~trusted, return_distances=False, return_indices=True)
-    filled = vectors[nearest[0], nearest[1]]
+    filled = nearest_filled(vectors, trusted)
     rows, cols = np.meshgrid(np.arange(grid[0]) / 2, np.arange(grid[1]) / 2, indexing="ij")
     offsets = [ndimage.map_coordinates(filled[..., axis], [rows, cols], order=1, mode="nearest") for axis in range(2)]
     return np.clip(np.rint(np.stack(offsets, -1)), -MAX_SHIFT, MAX_SHIFT).astype(int)
+
+
+def nearest_filled(vectors: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """(ny, nx, 2) ``vectors`` with each one not ``kept`` replaced by its nearest kept one."""
+    nearest = ndimage.distance_transform_edt(~kept, return_distances=False, return_indices=True)
+    return vectors[nearest[0], nearest[1]]
 
 
 def _accepted(vectors: np.ndarray, trusted: np.ndarray, max_deviation: float) -> np.ndarray:

@@ -23,12 +23,13 @@ import numpy as np
 from emprocess import storage
 from emprocess.align.compose import homogeneous
 from emprocess.align.models import apply
-from emprocess.align.relax import relax, residuals, sample
+from emprocess.align.relax import BLOCK, relax, residuals, sample
 from emprocess.pyramid.writers import TMP_CODECS, open_store
 from emprocess.run_layout import ELASTIC_MAPS
 from emprocess.stages import InputError
 
 DIMENSIONS = ["z", "gy", "gx", "d"]
+REACHES = (1, 2)  # flows to the next slice and to the one after it
 FLOW_DOCUMENTS = 8  # align.pairs results kept in memory while relaxing (8 pairs each)
 DECIMALS = 3  # the quality figures are rounded to a thousandth of a pixel
 MIN_KNOWN_WEIGHT = 0.5  # share of the bilinear weight that known vectors must hold for a value
@@ -36,6 +37,14 @@ MIN_KNOWN_WEIGHT = 0.5  # share of the bilinear weight that known vectors must h
 # 50 nm apart, keep 0–30 %; real FIB-SEM neighbours under 8-px deformations 65–90 %.
 MIN_FLOW_SHARE = 0.35
 EXTRAPOLATED = 1.5  # flow grid units off the grid a flow is extrapolated to (its patch reaches 1)
+
+
+def flow_key(reach: int) -> str:
+    """The key of a pair result's flow to slice z + ``reach``."""
+    return f"flow{reach}"
+
+
+FLOW_KEYS = tuple(flow_key(reach) for reach in REACHES)
 
 
 def grid_shape(width: int, height: int, stride: int) -> tuple[int, int]:
@@ -129,11 +138,12 @@ def make_maps(process: str, transforms: dict, flow_results: dict[int, str]) -> t
 
     def pair_flow(z: int, reach: int) -> dict | None:
         document = read(flow_results[z])
-        return next(p for p in document["pairs"] if p["z"] == z).get(f"flow{reach}")
+        return next(p for p in document["pairs"] if p["z"] == z).get(flow_key(reach))
 
     stride = max(1, round(max(pair_flow(minz, 1)["stride"])))
     grid = grid_shape(transforms["width"], transforms["height"], stride)
 
+    @functools.lru_cache(maxsize=len(REACHES) * (BLOCK + 2))  # a block's, read again for its residuals
     def flows(index: int, reach: int) -> np.ndarray | None:
         z = minz + index
         flow = pair_flow(z, reach) if z + reach <= maxz else None

@@ -33,12 +33,12 @@ from emprocess.registry import facts
 from emprocess.align.collect import CollectPayload, CollectResult, collect
 from emprocess.align.elastic import register_run_elastic
 from emprocess.align.images import image_size
+from emprocess.align.maps import FLOW_KEYS
 from emprocess.align.register import register_run
 from emprocess.payloads import MAX_URLS, Axis, Index, Location, Payload
 from emprocess.stages import MiniTask, Result, RunContext, Stage
 
 PAIRS_PER_TASK = 8
-FLOWS = ("flow1", "flow2")
 # Peak memory of one call, fitted to what benchmarks/align.py measured: 0.8 GB for a 16 MP pair,
 # 2.0 GB for a 20k × 20k one (the README's table).
 PAIR_BASE_BYTES = 750_000_000
@@ -131,7 +131,7 @@ class RunPairResult(PairResult):
     @model_serializer(mode="wrap")
     def _without_flows(self, handler):
         """Affine results keep the keys they always had."""
-        return {key: value for key, value in handler(self).items() if value is not None or key not in FLOWS}
+        return {key: value for key, value in handler(self).items() if value is not None or key not in FLOW_KEYS}
 
 
 class PairsResult(Result):
