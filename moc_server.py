@@ -38,8 +38,9 @@ IDENTITY = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
 
 def fake_pair(width: int, height: int) -> dict:
     model = {"found": True, "matrix": IDENTITY, "inliers": 100, "residual_px": 0.0}
+    measures = {"std": 40.0, "saturated": 0.0, "focus": 500.0}
     return {
-        "size1": [width, height], "size2": [width, height], "features1": 1000, "features2": 1000,
+        "measures1": dict(measures), "measures2": dict(measures), "size1": [width, height], "size2": [width, height], "features1": 1000, "features2": 1000,
         "candidates": 200, "attempts": 1, "attempt": 1, "affine": dict(model), "translation": dict(model),
     }
 
@@ -85,7 +86,8 @@ def least_model(model: type[BaseModel]) -> dict:
 
 def fake_reply(stage: Stage, payload: dict, slice_size: tuple[int, int]) -> dict:
     """A valid result of ``stage`` for ``payload`` (checked against the result model)."""
-    reply = fake_align(payload, *slice_size) if stage.name == "align.pairs" else least_model(stage.result)
+    aligns = stage.work is registry.get("align.pairs").work  # align.pairs and align.bridge
+    reply = fake_align(payload, *slice_size) if aligns else least_model(stage.result)
     return stage.parse_result(reply).model_dump(mode="json")
 
 

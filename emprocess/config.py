@@ -95,6 +95,13 @@ class RunConf(BaseModel):
     align_mode: Literal["affine", "elastic"] = Field(
         "affine", description="affine: one model per pair of slices; elastic: also a smooth per-slice "
                               "deformation (patch flow to z+1 and z+2, spring-mesh relaxation)")
+    bad_slices: Literal["replace", "keep"] | list[Annotated[int, Field(ge=0, le=MAX_Z, strict=True)]] = Field(
+        "replace", description="replace: slices found blank, saturated, out of focus or unregistrable are "
+                               "skipped by the alignment and copied from their nearest good neighbour; keep: "
+                               "none are; a list of z: exactly those are")
+    missing_slices: Literal["fail", "replace"] = Field(
+        "fail", description="fail: a missing slice file refuses the run; replace: it is copied from its "
+                            "nearest present neighbour")
     clip_limit: float = Field(0.02, alias="clip-limit", ge=0, le=1, description="CLAHE clip limit, 0 to 1; 0 disables")
     reuse_alignment: str | None = Field(None, description="run id whose transforms to reuse")
     jpeg_quality: int = Field(90, ge=1, le=100, strict=True,
@@ -166,6 +173,10 @@ class RunConf(BaseModel):
             raise ValueError(f"minz ({self.minz}) must not exceed maxz ({self.maxz})")
         if self.skip_align and self.reuse_alignment:
             raise ValueError("give only one of 'skip_align' and 'reuse_alignment'")
+        if isinstance(self.bad_slices, list):
+            outside = [z for z in self.bad_slices if z not in self.z_range]
+            if outside:
+                raise ValueError(f"'bad_slices' names slices outside minz..maxz ({self.minz}..{self.maxz}): {outside[:10]}")
         return self
 
     @property

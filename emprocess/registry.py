@@ -45,6 +45,7 @@ def _layers(prefix: str, group: str, first_endpoint: str, endpoint: str) -> tupl
 
 FACTS: tuple[Facts, ...] = (
     Facts("align.pairs", "align", "pairs", "fiji", "/align"),
+    Facts("align.bridge", "align", "bridge", "fiji", "/bridge"),
     Facts("align.collect", "align", "collect", wide=False),
     Facts("align.intensity", "align", "intensity", "emwrite", "/intensity", wide=False),
     Facts("align.warp", "align", "warp", "emwrite", "/alignedslice"),

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 MAX_NAMED = 20  # offending slices a refusal names, per problem; the rest are counted
+MISSING = "does not exist or is not a file"
 SLICE_RULE = "each must be an 8- or 16-bit grayscale PNG or TIFF, all of one size and bit depth"
 
 
@@ -37,7 +38,7 @@ def check_slice(url: str) -> Header | str:
         if header.format == "PNG" and storage.read_range(url, -len(PNG_IEND)) != PNG_IEND:
             return "is truncated (a PNG must end in an IEND chunk)"
     except FileNotFoundError:
-        return "does not exist or is not a file"
+        return MISSING
     except (InputError, ValueError) as err:
         return f"is unreadable: {str(err).removeprefix(f'{url}: ')}"
     return header.problem() or header
@@ -45,13 +46,19 @@ def check_slice(url: str) -> Header | str:
 
 def check_slices(ctx: RunContext, threads: int = 16) -> dict:
     """Every slice of ``minz..maxz`` is usable (SLICE_RULE) and big enough to align at the conf's
-    ``downsample_factor``. A refusal names every offending slice: up to MAX_NAMED per problem, then a count."""
+    ``downsample_factor``; under ``missing_slices: "replace"`` a missing one is listed (``missing``)
+    instead, as long as one slice exists. A refusal names every offending slice: up to MAX_NAMED per
+    problem, then a count."""
     conf = ctx.conf
     zs = list(conf.z_range)
     with ThreadPoolExecutor(max_workers=min(threads, len(zs))) as pool:
         found = dict(zip(zs, pool.map(lambda z: check_slice(conf.slice_url(z)), zs)))
+    missing = [z for z, r in found.items() if r == MISSING] if conf.missing_slices == "replace" else []
+    if len(missing) == len(zs):
+        raise ConfError(f"no slice of {conf.image % conf.minz}..{conf.image % conf.maxz} exists under {conf.source}")
     lines = []
-    for phrase, bad in _grouped({z: r for z, r in found.items() if isinstance(r, str)}).items():
+    refused = {z: r for z, r in found.items() if isinstance(r, str) and z not in missing}
+    for phrase, bad in _grouped(refused).items():
         more = f"; likewise {_slices(len(bad) - 1)}: {_names(conf, bad[1:], MAX_NAMED - 1)}" if len(bad) > 1 else ""
         lines.append(f"{conf.image % bad[0]} {phrase}{more}")
     headers = {z: r for z, r in found.items() if not isinstance(r, str)}
@@ -67,7 +74,7 @@ def check_slices(ctx: RunContext, threads: int = 16) -> dict:
         raise ConfError("\n  ".join([f"slices under {conf.source} cannot be used ({SLICE_RULE}):", *lines]))
     width, height = headers[first].size
     check_align_size(ctx, width, height)
-    return {"slices": len(zs), "width": width, "height": height, "bits": headers[first].bits}
+    return {"slices": len(zs), "width": width, "height": height, "bits": headers[first].bits, "missing": missing}
 
 
 def check_align_size(ctx: RunContext, width: int, height: int) -> None:

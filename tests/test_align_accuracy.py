@@ -16,7 +16,7 @@ import pytest
 
 from emprocess import storage
 from emprocess.align.compose import homogeneous, max_corner_distance
-from emprocess.align.stages import COLLECT, PAIRS
+from emprocess.align.stages import BRIDGE, COLLECT, PAIRS
 from emprocess.stages import InputError, RunContext
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -95,8 +95,9 @@ def run_align(tmp_path: Path, slices: list[np.ndarray], **conf) -> tuple[dict, d
         write(tmp_path / "src", f"s{z:03d}.png", image)
     ctx = RunContext.create({"id": "t", "image": "s%03d.png", "minz": 0, "maxz": len(slices) - 1,
                              "source": f"file://{tmp_path}/src", **conf}, "run-1")
-    for task in PAIRS.plan(ctx):
-        storage.write_json(ctx.cache_url(PAIRS.name, task["key"]), PAIRS.execute(task["payload"]))
+    for stage in (PAIRS, BRIDGE):
+        for task in stage.plan(ctx):
+            storage.write_json(ctx.cache_url(stage.name, task["key"]), stage.execute(task["payload"]))
     (task,) = COLLECT.plan(ctx)
     COLLECT.execute(task["payload"])
     folder = storage.join(ctx.locations.process, "align")
@@ -167,15 +168,18 @@ def test_serial_section_neighbours_are_not_trusted(tmp_path, caplog):
     assert all(m == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]] for m in transforms["transforms"].values())
 
 
-def test_blank_and_noise_slices_take_the_fallback_path(tmp_path):
+def test_blank_and_noise_slices_take_the_fallback_path_when_kept(tmp_path):
     image = real_slice()
     blank = np.full_like(image, 128)
     noise = np.random.default_rng(3).integers(0, 256, image.shape, dtype=np.uint8)
-    transforms, pairs = run_align(tmp_path, [image, blank, noise, image])
-    assert pairs["fallbacks"] == [0, 1, 2]
+    transforms, pairs = run_align(tmp_path / "keep", [image, blank, noise, image], bad_slices="keep")
+    assert pairs["fallbacks"] == [0, 1, 2] and pairs["replaced"] == []
     assert [p["model"] for p in pairs["pairs"]] == ["identity"] * 3
     assert pairs["pairs"][0]["features"][1] == 0  # a blank slice has no features at all
     assert (transforms["width"], transforms["height"]) == (520, 520)
+    transforms, pairs = run_align(tmp_path / "replace", [image, blank, noise, image])  # the default
+    assert pairs["fallbacks"] == [] and [e["copy_of"] for e in pairs["replaced"]] == [0, 3]
+    assert [(b["first"], b["last"], b["model"]) for b in pairs["bridges"]] == [(0, 3, "translation")]
 
 
 def test_two_unrelated_noise_slices_find_nothing(tmp_path):
@@ -314,8 +318,9 @@ def test_the_sample_run_recovers_its_known_misalignment(tmp_path):
 
     conf = write_sample(tmp_path / "sample")
     ctx = RunContext.create(conf, "sample-run")
-    for task in PAIRS.plan(ctx):
-        storage.write_json(ctx.cache_url(PAIRS.name, task["key"]), PAIRS.execute(task["payload"]))
+    for stage in (PAIRS, BRIDGE):
+        for task in stage.plan(ctx):
+            storage.write_json(ctx.cache_url(stage.name, task["key"]), stage.execute(task["payload"]))
     (task,) = COLLECT.plan(ctx)
     COLLECT.execute(task["payload"])
     transforms = storage.read_json(storage.join(ctx.locations.process, "align", "transforms.json"))

@@ -17,7 +17,7 @@ from support.align_pairs import SIZE, pair, rotation, translation
 
 from emprocess import registry, run_layout, storage
 from emprocess.align import compose
-from emprocess.align.stages import COLLECT, PAIRS, PAIRS_PER_TASK
+from emprocess.align.stages import BRIDGE, COLLECT, PAIRS, PAIRS_PER_TASK
 from emprocess.config import run_key
 from emprocess.stages import InputError, RunContext
 
@@ -27,19 +27,27 @@ def context(tmp_path: Path, **conf) -> RunContext:
     return RunContext.create({**base, **conf}, "run-1")
 
 
-def run_collect(ctx: RunContext, results: list[dict]) -> dict:
-    """Store ``results`` as the align.pairs cache (one per planned key, in order), then collect."""
-    tasks = PAIRS.plan(ctx)
-    by_first = {}
-    for result in results:
-        by_first.setdefault(result["z"], result)
-    for task in tasks:
-        zs = task["payload"]["z"]
-        storage.write_json(ctx.cache_url(PAIRS.name, task["key"]), {"pairs": [by_first[z] for z in zs[:-1]]})
+def run_collect(ctx: RunContext, results: list[dict], bridges: dict[tuple[int, int], dict] | None = None) -> dict:
+    """Store ``results`` as the align.pairs cache (one per planned key, in order) and ``bridges`` as the
+    align.bridge cache (a bridge not given registers nothing), then collect."""
+    write_pairs(ctx, results)
+    for task in BRIDGE.plan(ctx):
+        first, last = (int(z) for z in task["key"][1:].split("-"))
+        found = (bridges or {}).get((first, last), pair(first))
+        storage.write_json(ctx.cache_url(BRIDGE.name, task["key"]), {k: v for k, v in found.items() if k != "z"})
     (task,) = COLLECT.plan(ctx)
     result = COLLECT.execute(task["payload"])
     assert COLLECT.check(COLLECT.parse_payload(task["payload"]), COLLECT.parse_result(result))
     return result
+
+
+def write_pairs(ctx: RunContext, results: list[dict]) -> None:
+    by_first = {}
+    for result in results:
+        by_first.setdefault(result["z"], result)
+    for task in PAIRS.plan(ctx):
+        zs = task["payload"]["z"]
+        storage.write_json(ctx.cache_url(PAIRS.name, task["key"]), {"pairs": [by_first[z] for z in zs[:-1]]})
 
 
 def outputs(ctx: RunContext) -> tuple[dict, str, dict]:
@@ -142,6 +150,7 @@ def test_pairs_plan_is_empty_when_not_wanted(tmp_path, conf):
 
 def test_collect_plan_names_every_pairs_result_and_the_reused_run(tmp_path):
     ctx = context(tmp_path, maxz=30)
+    write_pairs(ctx, [pair(z, translation(1, 0), translation(1, 0)) for z in range(10, 30)])
     (task,) = COLLECT.plan(ctx)
     assert task["key"] == "collect"
     assert task["payload"]["pairs"] == [ctx.cache_url("align.pairs", t["key"]) for t in PAIRS.plan(ctx)]
@@ -218,6 +227,7 @@ def test_collect_is_idempotent(tmp_path):
 
 def test_missing_or_conflicting_pair_results_are_input_errors(tmp_path):
     ctx = context(tmp_path)
+    write_pairs(ctx, [pair(z, rotation(0)) for z in range(10, 13)])
     (task,) = COLLECT.plan(ctx)
     (key,) = [t["key"] for t in PAIRS.plan(ctx)]
     storage.write_json(ctx.cache_url(PAIRS.name, key), {"pairs": [pair(10, rotation(0)), pair(12, rotation(0))]})
@@ -230,7 +240,9 @@ def test_missing_or_conflicting_pair_results_are_input_errors(tmp_path):
 
 
 def test_missing_pairs_result_names_its_url(tmp_path):
-    ctx = context(tmp_path)
+    with pytest.raises(FileNotFoundError, match=PAIRS.plan(context(tmp_path))[0]["key"]):
+        COLLECT.plan(context(tmp_path))  # its bridges are planned from the pairs results
+    ctx = context(tmp_path, bad_slices="keep")  # no bridges: the plan reads nothing
     (task,) = COLLECT.plan(ctx)
     with pytest.raises(FileNotFoundError, match=task["payload"]["pairs"][0]):
         COLLECT.execute(task["payload"])

@@ -15,18 +15,18 @@ import numpy as np
 import pytest
 from test_align_accuracy import ISBI, deformed, need, real_slice, register_images, similarity, smooth_deformation
 
-from emprocess import storage
+from emprocess import registry, storage
 from emprocess.align.compose import homogeneous
 from emprocess.align.maps import dense, read_map
 from emprocess.align.models import apply
 from emprocess.align.stages import COLLECT, PAIRS
 from emprocess.batch import run_in_process
-from emprocess.pyramid.stages import INTENSITY, WARP
 from emprocess.pyramid.warp import warp, warp_elastic
 from emprocess.pyramid.writers import open_zarr
 from emprocess.stages import RunContext
 
 BLOCK = 32
+ALIGN_STAGES = [stage for stage in registry.table() if stage.group == "align"]  # pairs … warp, in order
 
 
 def misregistration(first: np.ndarray, second: np.ndarray) -> float:
@@ -44,15 +44,17 @@ def misregistration(first: np.ndarray, second: np.ndarray) -> float:
     return float(np.percentile(lengths, 95))
 
 
-def run_stack(tmp_path, slices: list[np.ndarray], **conf) -> tuple[RunContext, np.ndarray | None]:
-    """ALIGN and the warp for ``slices``, in-process; the aligned volume (z, y, x), None without
-    "pyramid" in the conf's stages (then nothing is warped)."""
+def run_stack(tmp_path, slices: list[np.ndarray], remove: tuple[int, ...] = (), **conf) -> tuple[RunContext,
+                                                                                                np.ndarray | None]:
+    """ALIGN and the warp for ``slices`` (the files of slices ``remove`` left out), in-process; the
+    aligned volume (z, y, x), None without "pyramid" in the conf's stages (then nothing is warped)."""
     (tmp_path / "src").mkdir(parents=True)
     for z, image in enumerate(slices):
-        assert cv2.imwrite(str(tmp_path / "src" / f"s{z:03d}.png"), image)
+        if z not in remove:
+            assert cv2.imwrite(str(tmp_path / "src" / f"s{z:03d}.png"), image)
     ctx = RunContext.create({"id": "t", "image": "s%03d.png", "minz": 0, "maxz": len(slices) - 1,
                              "source": f"file://{tmp_path}/src", "clip-limit": 0, **conf}, "run-1")
-    for stage in (PAIRS, COLLECT, INTENSITY, WARP):
+    for stage in ALIGN_STAGES:
         run_in_process(stage, ctx, 0, 1)
     if not ctx.wants("pyramid"):
         return ctx, None
@@ -237,7 +239,6 @@ def test_the_deformed_sample_aligns_better_elastic_and_its_report_charts_it(tmp_
     """The demo's sample (``make demo-elastic``): slices bent by known 6-px fields. Elastic leaves each
     pair of consecutive slices closer than affine does, by the DIS measure, and the report charts the
     elastic residual per pair and names the worst pairs."""
-    from emprocess import registry
     from emprocess.report.page import render
     from emprocess.report.summary import run_summary
     from emprocess.sample import write_sample
@@ -249,7 +250,7 @@ def test_the_deformed_sample_aligns_better_elastic_and_its_report_charts_it(tmp_
     volumes = {}
     for mode in ("elastic", "affine"):
         ctx = RunContext.create({**conf, "align_mode": mode, "clip-limit": 0}, f"{mode}-run")
-        for stage in (PAIRS, COLLECT, INTENSITY, WARP):
+        for stage in ALIGN_STAGES:
             run_in_process(stage, ctx, 0, 1)
         transforms = read_align(ctx, "transforms.json")
         shape = (5, transforms["height"], transforms["width"])
@@ -275,7 +276,7 @@ def test_a_run_reusing_an_elastic_alignment_warps_with_its_maps(tmp_path):
     slices = [real_slice(0), real_slice(1), real_slice(0)]
     first, volume = run_stack(tmp_path, slices, align_mode="elastic")
     second = RunContext.create({**first.conf.to_json(), "reuse_alignment": first.run_id}, "run-2")
-    for stage in (PAIRS, COLLECT, INTENSITY, WARP):
+    for stage in ALIGN_STAGES:
         run_in_process(stage, second, 0, 1)
     reused = read_align(second, "transforms.json")
     assert reused["elastic"] == read_align(first, "transforms.json")["elastic"]

@@ -15,7 +15,7 @@ import pytest
 from support.align_pairs import pair, rotation, translation
 
 from emprocess import registry, storage
-from emprocess.align.stages import COLLECT, PAIRS
+from emprocess.align.stages import BRIDGE, COLLECT, PAIRS
 from emprocess.batch import run_and_cache
 from emprocess.lifecycle import create_env
 from emprocess.pyramid.stages import WARP
@@ -82,6 +82,8 @@ def partial_run(tmp_path) -> RunContext:
 
     (pairs_task,) = PAIRS.plan(ctx)
     run_and_cache(PAIRS, ctx, pairs_task, align_pairs)
+    (bridge_task,) = BRIDGE.plan(ctx)  # over slice 10, whose pairs both fell back: it registers nothing
+    run_and_cache(BRIDGE, ctx, bridge_task, lambda task: {k: v for k, v in pair(9).items() if k != "z"})
     (collect_task,) = COLLECT.plan(ctx)
     run_and_cache(COLLECT, ctx, collect_task, lambda task: COLLECT.execute(task["payload"]))
     for z, (started, seconds) in WARP_TIMINGS.items():

@@ -3,7 +3,7 @@ mode, also one smooth displacement map per slice.
 
 Modules: ``images`` (slice reading, header-only sizes), ``features`` (tiled SIFT), ``models``
 (RANSAC + robust refinement of the affine and translation models), ``register`` (pairwise
-registration with retries), ``compose`` (model choice, composition, bounding box), ``flow`` (patch
+registration with retries), ``bad`` (bad and missing slices: found, bridged, replaced), ``compose`` (model choice, composition, bounding box), ``flow`` (patch
 flow between two images), ``elastic`` (align.pairs' flows to z+1 and z+2), ``relax`` (the spring-mesh
 relaxation, in blocks along z), ``maps`` (flows into the aligned frame, the maps' format), ``collect``
 (writes ``align/transforms.json``, ``.csv``, ``pairs.json`` and the maps) and ``stages`` (the

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterable
 
 import cv2
 import numpy as np
 
 from emprocess import storage
 from emprocess.align.compose import homogeneous
+from emprocess.align.flow import STRIDE
 from emprocess.align.models import apply
 from emprocess.align.relax import BLOCK, relax, residuals, sample
 from emprocess.pyramid.writers import TMP_CODECS, open_store
@@ -125,22 +127,35 @@ def read_map(url: str, index: int, grid: tuple[int, int]) -> np.ndarray:
     return maps[index].read().result()
 
 
-def make_maps(process: str, transforms: dict, flow_results: dict[int, str]) -> tuple[dict, dict[int, dict]]:
+def make_maps(process: str, transforms: dict, flow_results: dict[int, str], replaced: Iterable[int] = (),
+              bridge_flows: dict[int, tuple[int, str]] | None = None) -> tuple[dict, dict[int, dict]]:
     """Relax the stack's flows into its maps (written to ``process``/align/maps.zarr).
 
     ``transforms`` is the affine transforms.json document; ``flow_results`` names, for each pair's
-    first slice, the align.pairs result holding its flows, read when the relaxation reaches it.
-    Returns the ``elastic`` entry of transforms.json and each pair's quality (``pair_quality``).
+    first slice, the align.pairs result holding its flows, read when the relaxation reaches it. Flows
+    touching a ``replaced`` slice are left out; ``bridge_flows`` maps the good slice before a run of
+    replaced slices to the one after it and the align.bridge result whose flow links them (used when
+    it reaches at most max(REACHES) slices). Returns the ``elastic`` entry of transforms.json and the
+    quality (``pair_quality``) of each pair that touches no replaced slice.
     """
     minz, maxz = transforms["minz"], transforms["maxz"]
     matrices = {z: homogeneous(transforms["transforms"][str(z)]) for z in range(minz, maxz + 1)}
     read = functools.lru_cache(maxsize=FLOW_DOCUMENTS)(storage.read_json)
+    replaced, bridge_flows = set(replaced), bridge_flows or {}
 
     def pair_flow(z: int, reach: int) -> dict | None:
+        """Slice z's flow to z + reach: a bridge's, or one of align.pairs' when no replaced slice is
+        in the way."""
+        if z in bridge_flows and bridge_flows[z][0] == z + reach:
+            return read(bridge_flows[z][1])[flow_key(1)]
+        if replaced & set(range(z, z + reach + 1)):
+            return None
         document = read(flow_results[z])
         return next(p for p in document["pairs"] if p["z"] == z).get(flow_key(reach))
 
-    stride = max(1, round(max(pair_flow(minz, 1)["stride"])))
+    first = next((flow for z in range(minz, maxz) for reach in REACHES
+                  if z + reach <= maxz and (flow := pair_flow(z, reach)) is not None), None)
+    stride = STRIDE if first is None else max(1, round(max(first["stride"])))  # no flow: the maps stay zero
     grid = grid_shape(transforms["width"], transforms["height"], stride)
 
     @functools.lru_cache(maxsize=len(REACHES) * (BLOCK + 2))  # a block's, read again for its residuals
@@ -156,11 +171,11 @@ def make_maps(process: str, transforms: dict, flow_results: dict[int, str]) -> t
     quality, previous = {}, None
     for index, displacement in relax(grid, maxz - minz + 1, flows, spacing=stride):
         maps[index].write(displacement).result()
-        if previous is not None:
-            z = minz + index - 1
+        z = minz + index - 1
+        if previous is not None and not {z, z + 1} & replaced:
             flow = flows(index - 1, 1)
             residual = None if flow is None else residuals(previous, displacement, flow, spacing=stride)
-            quality[z] = pair_quality(residual, pair_flow(z, 1)["valid"], pair_flow(z, 2))
+            quality[z] = pair_quality(residual, pair_flow(z, 1)["valid"], pair_flow(z, 2) if z + 2 <= maxz else None)
         previous = displacement
     entry = {"maps": url, "minz": minz, "stride": stride, "grid": list(grid)}
     return entry, quality

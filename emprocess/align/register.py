@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from emprocess.align.bad import measure
 from emprocess.align.features import Features, SiftParams, extract, parallel_threads, prepare
 from emprocess.align.images import read_image
 from emprocess.align.models import MAX_EPSILON, ModelFit, fit_affine, fit_translation
@@ -38,12 +39,14 @@ ATTEMPTS = (
 
 @dataclass(frozen=True)
 class Slice:
-    """One slice ready for registration: its size, prepared image (kept for retries), features."""
+    """One slice ready for registration: its size, prepared image (kept for retries), features, and
+    the measures bad slices are found by (``bad.measure``)."""
 
     url: str
     size: tuple[int, int]
     prepared: np.ndarray
     features: Features
+    measures: dict
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,9 @@ def load_slice(url: str, downsample: int) -> Slice:
     image = read_image(url)
     size = (image.shape[1], image.shape[0])
     prepared = prepare(image, downsample)
+    measures = measure(image, prepared)
     del image
-    return Slice(url, size, prepared, extract(prepared, size, ATTEMPTS[0]))
+    return Slice(url, size, prepared, extract(prepared, size, ATTEMPTS[0]), measures)
 
 
 def match(first: Features, second: Features) -> tuple[np.ndarray, np.ndarray]:
@@ -103,6 +107,8 @@ def register(first: Slice, second: Slice) -> dict:
         if attempt.affine.found:
             break
     return {
+        "measures1": first.measures,
+        "measures2": second.measures,
         "size1": list(first.size),
         "size2": list(second.size),
         "features1": len(best.features[0]),

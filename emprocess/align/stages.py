@@ -1,4 +1,5 @@
-"""The ALIGN stages: ``align.pairs`` (the "fiji" service, POST /align) and ``align.collect``.
+"""The ALIGN stages: ``align.pairs`` (the "fiji" service, POST /align), ``align.bridge`` (POST /bridge)
+and ``align.collect``.
 
 align.pairs mini-tasks cover runs of up to PAIRS_PER_TASK = 8 adjacent pairs (9 slices, key
 "z00000120-00000128" = first and last slice), so each slice's features are computed once per run and
@@ -19,7 +20,13 @@ With ``"elastic": true`` (the conf's align_mode "elastic") each pair result also
 a batched payload then names the slice after its last in ``next_image`` when the stack has one, so
 every slice's flow2 is measured by exactly one mini-task.
 
-align.collect is one light mini-task ("collect") that composes the results (see emprocess.align.collect).
+Every slice's measures (``measures1``, ``measures2``: see ``emprocess.align.bad``) come with each pair,
+and a run of pairs stops at a missing slice (``missing_slices: "replace"``).
+
+align.bridge registers, in the plain form, the good slices on either side of each run of slices that
+may be replaced (``bad.candidate_bridges``, planned from the align.pairs results), key
+"z<first>-<last>". align.collect is one light mini-task ("collect") that composes the results (see
+emprocess.align.collect).
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from pydantic import Field, model_serializer, model_validator
 
 from emprocess import storage
 from emprocess.registry import facts
-from emprocess.align.collect import CollectPayload, CollectResult, collect
+from emprocess.align.bad import candidate_bridges, detected, missing_slices, runs, suspects
+from emprocess.align.collect import CollectPayload, CollectResult, collect, read_evidence
 from emprocess.align.elastic import register_run_elastic
 from emprocess.align.images import image_size
 from emprocess.align.maps import FLOW_KEYS
@@ -107,9 +115,19 @@ class FlowResult(Result):
     valid: float
 
 
+class SliceMeasures(Result):
+    """What bad slices are found by (``bad.measure``)."""
+
+    std: float
+    saturated: float
+    focus: float
+
+
 class PairResult(Result):
     """One registered pair, in full-resolution pixels (see the module docstring)."""
 
+    measures1: SliceMeasures
+    measures2: SliceMeasures
     size1: Size
     size2: Size
     features1: int
@@ -139,6 +157,8 @@ class PairsResult(Result):
     The other form's keys are absent, not null."""
 
     pairs: list[RunPairResult] | None = None
+    measures1: SliceMeasures | None = None
+    measures2: SliceMeasures | None = None
     size1: Size | None = None
     size2: Size | None = None
     features1: int | None = None
@@ -166,19 +186,22 @@ class PairsResult(Result):
 
 
 def plan_pairs(ctx: RunContext) -> list[MiniTask]:
+    """Runs of PAIRS_PER_TASK pairs over each run of present slices (missing ones are bridged)."""
     conf = ctx.conf
     if not ctx.wants("align") or conf.skip_align or conf.reuse_alignment or conf.minz == conf.maxz:
         return []
+    missing = set(missing_slices(conf))
     tasks = []
-    for first in range(conf.minz, conf.maxz, PAIRS_PER_TASK):
-        last = min(first + PAIRS_PER_TASK, conf.maxz)
-        zs = list(range(first, last + 1))
-        payload = {"images": [conf.slice_url(z) for z in zs], "z": zs, "downsample": conf.downsample_factor}
-        if conf.align_mode == "elastic":
-            payload["elastic"] = True
-            if last < conf.maxz:
-                payload["next_image"] = conf.slice_url(last + 1)
-        tasks.append({"key": f"z{first:08d}-{last:08d}", "payload": payload})
+    for low, high in runs(z for z in conf.z_range if z not in missing):
+        for first in range(low, high, PAIRS_PER_TASK):
+            last = min(first + PAIRS_PER_TASK, high)
+            zs = list(range(first, last + 1))
+            payload = {"images": [conf.slice_url(z) for z in zs], "z": zs, "downsample": conf.downsample_factor}
+            if conf.align_mode == "elastic":
+                payload["elastic"] = True
+                if last < high:
+                    payload["next_image"] = conf.slice_url(last + 1)
+            tasks.append({"key": span_key(first, last), "payload": payload})
     return tasks
 
 
@@ -205,6 +228,35 @@ def pairs_memory(payload: PairsPayload) -> int:
     return int(PAIR_BASE_BYTES + PAIR_BYTES_PER_PIXEL * largest + elastic)
 
 
+def planned_bridges(ctx: RunContext) -> list[tuple[int, int]]:
+    """Every bridge align.collect may need (``bad.candidate_bridges``), from the align.pairs results."""
+    conf = ctx.conf
+    pairs = plan_pairs(ctx)
+    if not pairs or (conf.bad_slices == "keep" and conf.missing_slices == "fail"):
+        return []
+    evidence = read_evidence([ctx.cache_url(PAIRS.name, task["key"]) for task in pairs])
+    found = detected(evidence.measures, missing_slices(conf), conf.bad_slices)
+    suspected = suspects(evidence.fallbacks, found, conf.minz, conf.maxz) if conf.bad_slices == "replace" else []
+    return candidate_bridges(found, suspected, conf.minz, conf.maxz)
+
+
+def plan_bridge(ctx: RunContext) -> list[MiniTask]:
+    """One plain pair (img1, img2) per bridge, keyed like a run of pairs by its first and last slice."""
+    conf = ctx.conf
+    tasks = []
+    for first, last in planned_bridges(ctx):
+        payload = {"img1": conf.slice_url(first), "img2": conf.slice_url(last), "downsample": conf.downsample_factor}
+        if conf.align_mode == "elastic":
+            payload["elastic"] = True
+        tasks.append({"key": span_key(first, last), "payload": payload})
+    return tasks
+
+
+def span_key(first: int, last: int) -> str:
+    """The mini-task key of slices first..last (align.pairs' runs, align.bridge's bridges)."""
+    return f"z{first:08d}-{last:08d}"
+
+
 def plan_collect(ctx: RunContext) -> list[MiniTask]:
     if not ctx.wants("align"):
         return []
@@ -219,6 +271,10 @@ def plan_collect(ctx: RunContext) -> list[MiniTask]:
         "elastic": conf.align_mode == "elastic",
         "reuse": conf.reused_process(),
         "pairs": [ctx.cache_url(PAIRS.name, task["key"]) for task in plan_pairs(ctx)],
+        "bridges": [{"first": first, "last": last, "result": ctx.cache_url(BRIDGE.name, span_key(first, last))}
+                    for first, last in planned_bridges(ctx)],
+        "missing": missing_slices(conf),
+        "bad_slices": conf.bad_slices,
     }
     return [{"key": "collect", "payload": payload}]
 
@@ -229,6 +285,8 @@ def collect_wrote_transforms(payload: CollectPayload, result: CollectResult) -> 
 
 PAIRS = Stage(**facts("align.pairs"), plan=plan_pairs, work=align_pairs, payload=PairsPayload, result=PairsResult,
               memory=pairs_memory)
+BRIDGE = Stage(**facts("align.bridge"), plan=plan_bridge, work=align_pairs, payload=PairsPayload,
+               result=PairsResult, memory=pairs_memory)
 COLLECT = Stage(**facts("align.collect"), plan=plan_collect, work=collect, payload=CollectPayload,
                 result=CollectResult, check=collect_wrote_transforms)
-STAGES = [PAIRS, COLLECT]
+STAGES = [PAIRS, BRIDGE, COLLECT]

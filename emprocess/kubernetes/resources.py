@@ -17,6 +17,7 @@ THREADS = 2
 BASE_GIB = 0.5  # Python, numpy, tensorstore and the plan of a share
 PEAK_GIB = {  # one mini-task's peak memory (README, "What one call holds in memory"); by stage prefix
     "align.pairs": 2.0,  # a pair of 20k x 20k slices
+    "align.bridge": 2.0,  # the same: one pair
     "align.collect": 0.5,
     "align.intensity": 0.5,
     "align.warp": 1.7,  # one 20k x 20k 16-bit slice

@@ -4,8 +4,9 @@
 ``align.warp`` → one mini-task per slice; ``pyramid.meta`` → one (both infos and provenance);
 ``pyramid.shard`` → one per 1024³ block (key ``x{i}_y{j}_z{k}``), writing scales 0–4;
 ``pyramid.top`` → one, the scales above 4 (no task when the block scales already reach one chunk).
-Every plan returns [] unless the conf wants the pyramid, reads at most ``align/transforms.json``, and
-puts every URL its work needs in the payload. ``planned_outputs`` lists the files each mini-task may
+Every plan returns [] unless the conf wants the pyramid, reads at most ``align/transforms.json`` (and,
+under ``missing_slices: "replace"``, the listing of the source), and puts every URL its work needs in
+the payload. A replaced slice's warp reads its copy's source (``slice``) and map, so both render alike. ``planned_outputs`` lists the files each mini-task may
 write; the plans give every file to exactly one mini-task.
 
 Payloads:
@@ -27,6 +28,7 @@ from pydantic import Field, model_validator
 from emprocess import storage
 from emprocess.registry import facts
 from emprocess.align import transforms_url
+from emprocess.align.bad import missing_slices
 from emprocess.align.images import image_size
 from emprocess.pyramid.aligned import (
     WARP_BASE_BYTES,
@@ -155,7 +157,9 @@ def plan_intensity(ctx: RunContext) -> list[MiniTask]:
     if not ctx.wants("pyramid"):
         return []
     conf = ctx.conf
-    sample = [conf.slice_url(z) for z in sample_slices(conf.minz, conf.maxz)]
+    missing = set(missing_slices(conf))
+    present = [z for z in conf.z_range if z not in missing]
+    sample = [conf.slice_url(present[index]) for index in sample_slices(0, len(present) - 1)]
     return [{"key": "intensity", "payload": {"url": ctx.locations.intensity, "sample": sample}}]
 
 
@@ -177,12 +181,14 @@ def plan_warp(ctx: RunContext) -> list[MiniTask]:
     transforms = read_transforms(ctx)
     conf = ctx.conf
     tasks = []
+    replaced = transforms.get("replaced", {})
     for z in conf.z_range:
         if str(z) not in transforms.get("transforms", {}):
             raise InputError(f"{transforms_url(ctx.locations.process)}: no transform for slice {z}")
+        source = replaced.get(str(z), z)  # a replaced slice renders its copy: the same source and transform
         tasks.append({"key": f"{z:08d}", "payload": {
             "z": z,
-            "slice": conf.slice_url(z),
+            "slice": conf.slice_url(source),
             "source_size": transforms.get("source_sizes", {}).get(str(z)),
             "transform": transforms["transforms"][str(z)],
             "width": transforms["width"],
@@ -196,7 +202,7 @@ def plan_warp(ctx: RunContext) -> list[MiniTask]:
         }})
         if "elastic" in transforms:
             elastic = transforms["elastic"]
-            tasks[-1]["payload"]["elastic"] = {"maps": elastic["maps"], "index": z - elastic["minz"],
+            tasks[-1]["payload"]["elastic"] = {"maps": elastic["maps"], "index": source - elastic["minz"],
                                                "stride": elastic["stride"], "grid": elastic["grid"]}
     return tasks
 

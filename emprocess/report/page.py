@@ -137,9 +137,13 @@ def _alignment(alignment: dict | None) -> str:
              f"<p>{alignment['slices']} slices, mode {escape(alignment['mode'])} "
              f"({escape(alignment['align_mode'])}), aligned frame "
              f"{alignment['width']} × {alignment['height']} px; {len(alignment['fallbacks'])} pairs fell back, "
-             f"{len(alignment['deformed'])} deformed.</p>"]
+             f"{len(alignment['deformed'])} deformed, {len(alignment['replaced'])} slices replaced.</p>"]
     if alignment["reused_from"]:
         parts.append(f"<p>Transforms reused from {escape(alignment['reused_from'])}.</p>")
+    if alignment["replaced"]:
+        parts.append(_table(["replaced slice", "copy of", "why"],
+                            [[str(e["z"]), str(e["copy_of"]), escape(e["reason"])] for e in alignment["replaced"]],
+                            numeric={0, 1}))
     pairs = alignment["pairs"]
     if pairs:
         flagged = {p["z"] for p in pairs if p["fallback"]}

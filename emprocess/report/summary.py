@@ -88,6 +88,7 @@ def alignment(process: str) -> dict | None:
         "slices": transforms["maxz"] - transforms["minz"] + 1,
         "fallbacks": pairs["fallbacks"],
         "deformed": pairs.get("deformed", []),  # pairs.json of runs before the flag have none
+        "replaced": pairs.get("replaced", []),  # nor of runs before bad slices were replaced
         "pairs": [_pair(entry) for entry in pairs["pairs"]],
     }
 

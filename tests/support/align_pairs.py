@@ -22,6 +22,10 @@ def model(matrix=None, inliers: int = 500) -> dict:
     return {"found": True, "matrix": matrix, "inliers": inliers, "residual_px": 0.3}
 
 
-def pair(z: int, affine=None, shift=None, size1=SIZE, size2=SIZE) -> dict:
-    return {"z": z, "size1": list(size1), "size2": list(size2), "features1": 900, "features2": 880,
-            "candidates": 700, "attempts": 1, "attempt": 1, "affine": model(affine), "translation": model(shift)}
+GOOD = {"std": 40.0, "saturated": 0.0, "focus": 500.0}  # a slice's measures (emprocess.align.bad.measure)
+
+
+def pair(z: int, affine=None, shift=None, size1=SIZE, size2=SIZE, measures1=GOOD, measures2=GOOD) -> dict:
+    return {"z": z, "measures1": dict(measures1), "measures2": dict(measures2), "size1": list(size1),
+            "size2": list(size2), "features1": 900, "features2": 880, "candidates": 700, "attempts": 1, "attempt": 1,
+            "affine": model(affine), "translation": model(shift)}
