@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 from cloudvolume import CloudVolume
+from support.shard_files import difference
 from support.volumes import psnr
 
 from emprocess import storage
@@ -252,16 +253,19 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
     (path_of(resumed.cache_url("align.warp", f"{3:08d}"))).unlink()  # and one warp result was lost
     run_all(resumed)
 
-    def relative_digests(ctx: RunContext) -> dict[str, str]:
+    def relative_files(ctx: RunContext) -> dict[str, Path]:
         roots = {name: path_of(url) for name, url in (("ng", ctx.locations.ng), ("chunk", ctx.locations.chunk),
                                                       ("tmp", ctx.locations.tmp))}
-        return {f"{name}/{p.relative_to(root)}": hashlib.sha256(p.read_bytes()).hexdigest()
-                for name, root in roots.items() for p in root.rglob("*")
+        return {f"{name}/{p.relative_to(root)}": p for name, root in roots.items() for p in root.rglob("*")
                 if p.is_file() and p.name != "provenance"}  # provenance names the run's own source
 
-    expected = relative_digests(whole)
+    def digests(files: dict[str, Path]) -> dict[str, str]:
+        return {key: hashlib.sha256(p.read_bytes()).hexdigest() for key, p in files.items()}
+
+    expected, actual = relative_files(whole), relative_files(resumed)
     assert len([k for k in expected if k.endswith(".shard")]) == 2 * (2 * 5 + 1)  # 2 blocks × 5 scales + top
-    assert relative_digests(resumed) == expected
+    changed = [k for k, digest in digests(expected).items() if digests(actual).get(k) != digest and k.endswith(".shard")]
+    assert digests(actual) == digests(expected), [difference(expected[k], actual[k]) for k in changed if k in actual]
 
 
 def test_raw_volume_is_optional(tmp_path):
