@@ -52,6 +52,8 @@ def test_blank_saturated_and_unfocused_slices_are_found_against_their_neighbours
     slightly_worse = {z: measures(focus=500.0 * (0.5 if z == 5 else 1), std=40 * (0.5 if z == 3 else 1))
                       for z in range(10)}
     assert bad.detected(slightly_worse, [], "replace") == {}
+    bright = {z: measures(saturated=0.6 if z != 5 else 0.7) for z in range(10)}  # a stack of bright resin
+    assert bad.detected(bright, [], "replace") == {}
 
 
 def test_keep_and_an_explicit_list_override_the_measures_but_not_missing_files():

@@ -8,7 +8,8 @@ chain registers the good slices on either side of a run of replaced slices to ea
   * before alignment (``bad_slices: "replace"``), from ``measure`` of each slice against the median of
     its present neighbours within NEIGHBOURS slices: blank or near-constant (raw standard deviation
     under BLANK_STD grey levels, or under LOW_CONTRAST × its neighbours'), saturated (more than
-    MAX_SATURATED of its pixels at the format's maximum), out of focus or featureless (the variance of
+    MAX_SATURATED of its pixels at the format's maximum, and SATURATED_OVER × its neighbours' share),
+    out of focus or featureless (the variance of
     the Laplacian of the 8-bit image features see under LOW_FOCUS × its neighbours');
   * after matching (``"replace"``): a slice whose pairs with both neighbours fall back (a "suspect",
     in a run of at most MAX_SUSPECT_RUN such slices) is replaced when the slices on either side of it
@@ -33,7 +34,8 @@ from emprocess import storage
 NEIGHBOURS = 4  # slices on either side a slice's measures are compared with
 BLANK_STD = 0.5  # raw grey levels: a slice with less is constant
 LOW_CONTRAST = 0.1  # a slice whose standard deviation is under this share of its neighbours' is blank
-MAX_SATURATED = 0.5  # share of pixels at the format's maximum beyond which a slice is saturated
+MAX_SATURATED = 0.5  # share of pixels at the format's maximum beyond which a slice is saturated,
+SATURATED_OVER = 1.5  # ... and beyond this many times its neighbours' share
 LOW_FOCUS = 0.2  # a slice whose focus measure is under this share of its neighbours' is out of focus
 MAX_SUSPECT_RUN = 2  # longest run of slices replaced only because they register to neither neighbour
 SAMPLE_PIXELS = 1 << 20  # pixels the raw statistics are taken over (a regular subsample)
@@ -93,7 +95,8 @@ def detected(measures: dict[int, dict], missing: Iterable[int], bad_slices) -> d
 def _measured(own: dict, around: list[dict]) -> str | None:
     if own["std"] < BLANK_STD:
         return f"blank (standard deviation {own['std']:g} grey levels)"
-    if own["saturated"] > MAX_SATURATED:
+    saturated = statistics.median(m["saturated"] for m in around) if around else 0.0
+    if own["saturated"] > max(MAX_SATURATED, SATURATED_OVER * saturated):  # bright resin everywhere is no fault
         return f"saturated ({own['saturated']:.0%} of its pixels at the maximum)"
     if len(around) < 2:
         return None
