@@ -99,11 +99,13 @@ def test_elastic_follows_known_smooth_deformations_where_affine_cannot(tmp_path)
     """Real neighbouring FIB-SEM slices, alternating, each moved by a small affine and its own smooth
     field (amplitude 8 px, waves 160–480 px long), so a pair differs by up to 16 px of deformation.
 
-    Measured (see the note of issue 18): elastic leaves consecutive outputs 3–6 px out by the DIS
-    measure where affine leaves 11–14 px (the undeformed real pair: ~1 px), and its maps are within
-    ~0.6–1.2 px of the known truth at the median, 1.5–5 px at the 95th percentile, where affine is
-    off by 4–9 px. The issue's 0.5 px / 1 px targets are not met: a 64-px patch on a 32-px grid
-    cannot follow waves this short to sub-pixel precision. The bounds below keep the gain honest."""
+    Measured (see the note of issue 18): elastic leaves consecutive outputs 2.0–3.2 px out by the DIS
+    measure where affine leaves 11–14 px (the undeformed real pair: ~0.9 px), and its maps are within
+    0.7–1.0 px of the known truth at the median, 1.5–2.4 px at the 95th percentile, where affine is
+    off by 4–9 px. The issue's 0.5 px / 1 px targets are not met: the flows are within ~0.5 px of the
+    truth (median; the two real neighbours differ by ~0.25 px themselves), but the relaxation evaluates
+    them bilinearly between grid points, and where a flow is unknown (next to the pre-warp fill) the
+    maps follow the neighbouring points. The bounds below keep the gain honest."""
     originals = [real_slice(0), real_slice(1)]
     real = homogeneous(register_images(tmp_path / "real", *originals)["affine"]["matrix"])  # original 1 → 0
     count, amplitude = 5, 8.0
@@ -127,7 +129,7 @@ def test_elastic_follows_known_smooth_deformations_where_affine_cannot(tmp_path)
     interior = np.column_stack([xs.ravel(), ys.ravel()]) * frame
     for z in range(count - 1):
         measured, left = misregistration(elastic[z], elastic[z + 1]), misregistration(affine[z], affine[z + 1])
-        assert measured <= 0.6 * left, (z, measured, left)
+        assert measured <= min(4.0, 0.6 * left), (z, measured, left)
         assert 3.0 <= left <= 2 * amplitude + 2, (z, left)  # the pair's deformation: two fields of ``amplitude``
         errors = {}
         for name, transforms in (("elastic", elastic_transforms), ("affine", affine_transforms)):
@@ -138,8 +140,8 @@ def test_elastic_follows_known_smooth_deformations_where_affine_cannot(tmp_path)
             to_next = np.linalg.inv(real) if z % 2 == 0 else real  # original z%2 → original (z+1)%2 pixels
             truth = invert_field(apply(to_next, original), moves[z + 1], *fields[z + 1])
             errors[name] = np.hypot(*(source_points(transforms, z + 1, interior) - truth).T)
-        assert np.median(errors["elastic"]) <= min(1.5, 0.5 * np.median(errors["affine"])), z
-        assert np.percentile(errors["elastic"], 95) <= 6.0, z
+        assert np.median(errors["elastic"]) <= min(1.2, 0.5 * np.median(errors["affine"])), z
+        assert np.percentile(errors["elastic"], 95) <= 3.0, z
 
 
 # --- no drift -----------------------------------------------------------------------------------------------

@@ -8,6 +8,10 @@ Conventions (OpenCV: pixel centres at integers). Grid point (i, j) is the centre
 top-left pixel is (j·stride, i·stride), i.e. pixel (origin + j·stride, origin + i·stride) with
 origin = (patch − 1) / 2; there are (width − patch) // stride + 1 points across. Vectors are (dx, dy)
 with fixed(p) ≈ moving(p + v(p)): content that sits 3 px further right in ``moving`` gives v = (+3, 0).
+That grid stops half a patch short of the image's edges. With ``edges`` it reaches them: both images
+are zero-padded by patch // 2 px first, so origin = −0.5 and there are width // stride + 1 points
+across (for an even patch, whatever its size: passes with different patches share the grid); a patch
+on the edge is measured on its part inside (see the content rule), and its vector is that part's.
 
 Method, coarse to fine:
   1. coarse: both images are halved (area average) and patches of the same size, so covering twice the
@@ -20,7 +24,8 @@ Method, coarse to fine:
      estimate with OpenCV's cubic kernel. They converge on the intensity optimum, free of the bias of
      peak interpolation and of the window: on shifted real EM the parabola fit alone is off by
      0.08–0.15 px (median), the steps by 0.01 px (0.03 px when the shift was made by Fourier
-     interpolation, whose kernel differs from the one resampling here).
+     interpolation, whose kernel differs from the one resampling here). Without ``sub_pixel`` the
+     steps, and the refinement rule below, are left out: the parabola's vertex stands.
 Correlation is normalised cross-correlation of zero-mean, Hann-windowed patches whose spectra are
 partly whitened (divided by |F|^WHITENING). Measured on the real EM in ../shared/data, this keeps
 FIB-SEM neighbours (peaks ~0.54, 93 % valid) apart from unrelated sections (peaks 0.12–0.13, 95th
@@ -35,7 +40,8 @@ MAX_SHIFT caps the result. Images narrower or shorter than 2·patch have no coar
 
 Filtering: a vector becomes NaN when
   * content: either patch (the moving one as cut, offset included) has a standard deviation below
-    MIN_STD grey levels, or more than MAX_ZERO_FRACTION of zero pixels (pre-warp fill, black regions);
+    MIN_STD grey levels, or more than MAX_ZERO_FRACTION of zero pixels (pre-warp fill, black regions;
+    EDGE_ZERO_FRACTION with ``edges``, so a patch half past the edge, or half over fill, keeps its vector);
   * peak: the correlation peak is below MIN_PEAK, or the highest other local maximum, further than
     EXCLUSION px from it, exceeds MAX_RATIO × the peak (repeated or ambiguous texture), or the peak
     lies on the search border;
@@ -73,6 +79,7 @@ MAX_RATIO = 0.7  # highest accepted second peak / peak
 EXCLUSION = 4  # px around the peak where other maxima belong to it
 MIN_STD = 2.0  # grey levels: a patch with less is featureless
 MAX_ZERO_FRACTION = 0.25  # largest share of zero (fill or black) pixels in a patch
+EDGE_ZERO_FRACTION = 0.5  # the same with ``edges``: a patch centred on the image's edge is half padding
 MAX_REFINEMENT = 1.0  # px the sub-pixel steps may move the estimate away from the correlation peak
 MASK_MARGIN = 2  # px: pixels this close to a zero pixel are left out (the cubic kernel's reach, plus a step)
 MAX_DEVIATION = 3.0  # px a vector may differ from the median of its valid neighbours
@@ -110,24 +117,30 @@ class _Level:
 
 
 def patch_flow(fixed: np.ndarray, moving: np.ndarray, patch: int = PATCH, stride: int = STRIDE,
-               max_deviation: float = MAX_DEVIATION) -> Flow:
+               max_deviation: float = MAX_DEVIATION, edges: bool = False, sub_pixel: bool = True) -> Flow:
     """The flow of ``fixed`` to ``moving`` (2-D uint8, same shape; ``moving`` pre-warped into the
     frame of ``fixed``, zero where it has no content) on the grid of ``patch``² patches every ``stride``
     px: fixed(p) ≈ moving(p + v(p)), NaN where a filter rejected v. Displacements just under patch/2
     px are reached (patch/4 when the images are smaller than 2·patch); ``max_deviation`` is the
-    consistency rule's bound (a first pass that a second one checks may be lenient); see the module notes."""
+    consistency rule's bound (a pass that a later one checks may be lenient); ``edges`` extends the
+    grid to the images' edges; without ``sub_pixel`` the Lucas–Kanade steps are left out (a pass that
+    a later one corrects needs no more than the correlation peak); see the module notes."""
     if fixed.shape != moving.shape or fixed.ndim != 2:
         raise ValueError(f"need two 2-D images of one shape, got {fixed.shape} and {moving.shape}")
+    pad = patch // 2 if edges else 0
+    if pad:
+        fixed, moving = np.pad(fixed, pad), np.pad(moving, pad)
+    max_zero = EDGE_ZERO_FRACTION if edges else MAX_ZERO_FRACTION
     height, width = fixed.shape
     ny, nx = max(0, (height - patch) // stride + 1), max(0, (width - patch) // stride + 1)
-    origin = (patch - 1) / 2
+    origin = (patch - 1) / 2 - pad
     if ny == 0 or nx == 0:
         empty = np.zeros((0, 0), np.float32)
         return Flow(origin, stride, np.zeros((0, 0, 2), np.float32), empty, empty)
     tops = np.repeat(np.arange(ny) * stride, nx)
     lefts = np.tile(np.arange(nx) * stride, ny)
-    offsets = _coarse_offsets(fixed, moving, patch, stride, (ny, nx), max_deviation)
-    fine = _measure(fixed, moving, tops, lefts, offsets.reshape(-1, 2), patch, refine=True)
+    offsets = _coarse_offsets(fixed, moving, patch, stride, (ny, nx), max_deviation, max_zero)
+    fine = _measure(fixed, moving, tops, lefts, offsets.reshape(-1, 2), patch, max_zero, refine=sub_pixel)
     vectors = fine.vectors.reshape(ny, nx, 2)
     keep = _accepted(vectors, fine.trusted.reshape(ny, nx), max_deviation)
     vectors = np.where(keep[..., None], vectors, np.nan).astype(np.float32)
@@ -135,7 +148,7 @@ def patch_flow(fixed: np.ndarray, moving: np.ndarray, patch: int = PATCH, stride
 
 
 def _coarse_offsets(fixed: np.ndarray, moving: np.ndarray, patch: int, stride: int,
-                    grid: tuple[int, int], max_deviation: float) -> np.ndarray:
+                    grid: tuple[int, int], max_deviation: float, max_zero: float) -> np.ndarray:
     """(ny, nx, 2) int: where to cut each moving patch at full resolution, from the half-resolution
     flow on every other grid point (zeros when the images are too small for a coarse level)."""
     height, width = fixed.shape
@@ -150,7 +163,7 @@ def _coarse_offsets(fixed: np.ndarray, moving: np.ndarray, patch: int, stride: i
                    for c, size in zip(centres, (half[1], half[0])))
     ny, nx = len(tops), len(lefts)
     coarse = _measure(fixed_half, moving_half, np.repeat(tops, nx), np.tile(lefts, ny),
-                      np.zeros((ny * nx, 2), int), patch, refine=False)
+                      np.zeros((ny * nx, 2), int), patch, max_zero, refine=False)
     vectors = 2 * coarse.vectors.reshape(ny, nx, 2)
     trusted = _accepted(vectors, coarse.trusted.reshape(ny, nx), max_deviation)
     if not trusted.any():
@@ -194,9 +207,10 @@ def _consistent(vectors: np.ndarray, valid: np.ndarray, max_deviation: float) ->
 
 
 def _measure(fixed: np.ndarray, moving: np.ndarray, tops: np.ndarray, lefts: np.ndarray, offsets: np.ndarray,
-             patch: int, refine: bool) -> _Level:
+             patch: int, max_zero: float, refine: bool) -> _Level:
     """Correlate each fixed patch at (top, left) with the moving patch at (top, left) + offset (int
-    (dx, dy)), CHUNK patches at a time; ``refine`` adds the sub-pixel steps."""
+    (dx, dy)), CHUNK patches at a time, those more than ``max_zero`` zero untrusted; ``refine`` adds
+    the sub-pixel steps."""
     search = patch // 4
     # room for the offset, the search, the refinement steps and the cubic kernel's support
     pad = int(np.abs(offsets).max(initial=0)) + search + (1 + REFINE_STEPS) * int(np.ceil(MAX_REFINEMENT)) + 3
@@ -212,7 +226,7 @@ def _measure(fixed: np.ndarray, moving: np.ndarray, tops: np.ndarray, lefts: np.
         moving_patches, moving_usable = moving_source.cut(top, left, offset)
         weight = window * (fixed_usable & moving_usable)
         shift, peak[part], ratio[part], inside = _correlate(fixed_patches, moving_patches, weight, search)
-        trusted[part] = _has_content(fixed_patches) & _has_content(moving_patches) & inside
+        trusted[part] = _has_content(fixed_patches, max_zero) & _has_content(moving_patches, max_zero) & inside
         trusted[part] &= (peak[part] >= MIN_PEAK) & (ratio[part] <= MAX_RATIO)
         estimate = offset + shift
         if refine:
@@ -263,13 +277,13 @@ def _hann(patch: int) -> np.ndarray:
     return np.outer(taper, taper).astype(np.float32)
 
 
-def _has_content(patches: np.ndarray) -> np.ndarray:
-    """(n,) bool: standard deviation ≥ MIN_STD and at most MAX_ZERO_FRACTION zero pixels."""
+def _has_content(patches: np.ndarray, max_zero: float) -> np.ndarray:
+    """(n,) bool: standard deviation ≥ MIN_STD and at most ``max_zero`` of the pixels zero."""
     flat = patches.reshape(len(patches), -1)
     mean = flat.mean(1)
     variance = np.einsum("ni,ni->n", flat, flat) / flat.shape[1] - mean * mean
     zero_fraction = 1 - np.count_nonzero(flat, axis=1) / flat.shape[1]
-    return (variance >= MIN_STD ** 2) & (zero_fraction <= MAX_ZERO_FRACTION)
+    return (variance >= MIN_STD ** 2) & (zero_fraction <= max_zero)
 
 
 def _dot(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -320,9 +334,12 @@ def _correlate(fixed: np.ndarray, moving: np.ndarray, weight: np.ndarray, search
 
 
 def _parabola(before: np.ndarray, centre: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """Sub-pixel offset of the vertex of the parabola through three samples (0 when not a maximum)."""
+    """Sub-pixel offset of the vertex of the parabola through three samples (0 when not a maximum).
+    With the centre the largest the vertex lies within ±0.5; on a flat peak, rounding could put it
+    anywhere, so it is clipped there."""
     curvature = before - 2 * centre + after
-    return np.where(curvature < 0, 0.5 * (before - after) / np.where(curvature < 0, curvature, -1), 0)
+    offset = np.where(curvature < 0, 0.5 * (before - after) / np.where(curvature < 0, curvature, -1), 0)
+    return np.clip(offset, -0.5, 0.5)
 
 
 def _second_peak_ratio(surface: np.ndarray, row: np.ndarray, col: np.ndarray, peak: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ MIN_KNOWN_WEIGHT = 0.5  # share of the bilinear weight that known vectors must h
 # A flow keeping fewer of its grid points is taken for chance and not used: ISBI 2012's serial sections,
 # 50 nm apart, keep 0–30 %; real FIB-SEM neighbours under 8-px deformations 65–90 %.
 MIN_FLOW_SHARE = 0.35
-EXTRAPOLATED = 1.5  # flow grid units off the grid a flow is extrapolated to (its patch reaches 1)
+EXTRAPOLATED = 1.5  # flow grid units off the grid a flow is extrapolated to (a frame point just past the slice)
 
 
 def flow_key(reach: int) -> str:
@@ -89,7 +89,7 @@ def sample_known(field: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarra
     """Bilinear interpolation of a field with NaN holes over its known neighbours only (their weights
     renormalised): NaN where those hold less than MIN_KNOWN_WEIGHT of the weight, or further than
     EXTRAPOLATED grid units off the grid (up to there, extrapolated linearly from the border cell: the
-    flow grid stops half a patch short of the slice's edges). A filtered-out vector thus costs the
+    flow grid ends at the slice's edges, and a frame point may lie just past them). A filtered-out vector thus costs the
     points next to it nothing, not the four cells around it."""
     known = np.isfinite(field[..., :1]).astype(np.float64)
     weight = sample(known, gx, gy, EXTRAPOLATED)[..., 0]
