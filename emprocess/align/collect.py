@@ -258,20 +258,25 @@ class Evidence:
 
 def read_evidence(urls: list[str]) -> Evidence:
     """The align.pairs results at ``urls``; each pair must appear once."""
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        documents = list(pool.map(storage.read_json, urls))
     results: dict[int, dict] = {}
     where: dict[int, str] = {}
     measures: dict[int, dict] = {}
-    for url, document in zip(urls, documents):
-        for pair in document["pairs"]:
-            if pair["z"] in results:
-                raise InputError(f"{url}: pair {pair['z']}→{pair['z'] + 1} appears in two align.pairs results")
-            results[pair["z"]] = {key: value for key, value in pair.items() if key not in FLOW_KEYS}
-            where[pair["z"]] = url
-            measures.update({pair["z"]: pair["measures1"], pair["z"] + 1: pair["measures2"]})
+    with ThreadPoolExecutor(READ_THREADS) as pool:  # a document is dropped once gathered: its flows can be large
+        for url, document in zip(urls, pool.map(storage.read_json, urls)):
+            _gather(url, document, results, where, measures)
     results = dict(sorted(results.items()))
     return Evidence(results, where, measures, [z for z, pair in results.items() if choose(pair).fallback])
+
+
+def _gather(url: str, document: dict, results: dict[int, dict], where: dict[int, str],
+            measures: dict[int, dict]) -> None:
+    """One align.pairs result's pairs (without their flows) and slice measures, into the evidence."""
+    for pair in document["pairs"]:
+        if pair["z"] in results:
+            raise InputError(f"{url}: pair {pair['z']}→{pair['z'] + 1} appears in two align.pairs results")
+        results[pair["z"]] = {key: value for key, value in pair.items() if key not in FLOW_KEYS}
+        where[pair["z"]] = url
+        measures.update({pair["z"]: pair["measures1"], pair["z"] + 1: pair["measures2"]})
 
 
 def _sizes_from_pairs(results: list[tuple[int, int, dict]]) -> dict[int, list[int]]:
