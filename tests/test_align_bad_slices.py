@@ -23,6 +23,7 @@ from emprocess.align import bad
 from emprocess.align.stages import BRIDGE, PAIRS
 from emprocess.batch import run_in_process
 from emprocess.config import ConfError, parse_conf
+from emprocess.errors import InputError
 from emprocess.stages import RunContext
 from emprocess.pyramid.writers import open_zarr
 from emprocess.report.page import render
@@ -93,7 +94,7 @@ def test_replacements_copy_the_nearest_good_slice_and_the_chain_bridges_inner_ru
     replaced = {0, 1, 4, 5, 9}
     assert [bad.nearest_good(z, replaced, 0, 9) for z in sorted(replaced)] == [2, 2, 3, 6, 8]
     assert bad.bridges(replaced, 0, 9) == [(3, 6)]  # runs at the stack's ends need none
-    with pytest.raises(ValueError, match="every slice is bad or missing"):
+    with pytest.raises(InputError, match="every slice is bad or missing"):
         bad.nearest_good(1, {0, 1, 2}, 0, 2)
 
 

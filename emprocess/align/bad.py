@@ -9,8 +9,8 @@ chain registers the good slices on either side of a run of replaced slices to ea
     its present neighbours within NEIGHBOURS slices: blank or near-constant (raw standard deviation
     under BLANK_STD grey levels, or under LOW_CONTRAST × its neighbours'), saturated (more than
     MAX_SATURATED of its pixels at the format's maximum, and SATURATED_OVER × its neighbours' share),
-    out of focus or featureless (the variance of
-    the Laplacian of the 8-bit image features see under LOW_FOCUS × its neighbours');
+    out of focus or featureless (the variance of the Laplacian of the 8-bit image features see under
+    LOW_FOCUS × its neighbours');
   * after matching (``"replace"``): a slice whose pairs with both neighbours fall back (a "suspect",
     in a run of at most MAX_SUSPECT_RUN such slices) is replaced when the slices on either side of it
     (or of its run) register to each other.
@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from emprocess import storage
+from emprocess.errors import InputError
 
 NEIGHBOURS = 4  # slices on either side a slice's measures are compared with
 BLANK_STD = 0.5  # raw grey levels: a slice with less is constant
@@ -196,4 +197,4 @@ def nearest_good(z: int, bad: Iterable[int], minz: int, maxz: int) -> int:
         for candidate in (z - distance, z + distance):
             if minz <= candidate <= maxz and candidate not in bad:
                 return candidate
-    raise ValueError(f"slices {minz}..{maxz}: every slice is bad or missing, none is left to align")
+    raise InputError(f"slices {minz}..{maxz}: every slice is bad or missing, none is left to align")
