@@ -6,8 +6,9 @@
 ``pyramid.top`` → one, the scales above 4 (no task when the block scales already reach one chunk).
 Every plan returns [] unless the conf wants the pyramid, reads at most ``align/transforms.json`` (and,
 under ``missing_slices: "replace"``, the listing of the source), and puts every URL its work needs in
-the payload. A replaced slice's warp reads its copy's source (``slice``) and map, so both render alike. ``planned_outputs`` lists the files each mini-task may
-write; the plans give every file to exactly one mini-task.
+the payload. A replaced slice's warp reads its copy's source (``slice``) and map, so both render
+alike. ``planned_outputs`` lists the files each mini-task may write; the plans give every file to
+exactly one mini-task.
 
 Payloads:
   align.intensity {url, sample: [slice URLs]}
