@@ -149,6 +149,11 @@ def test_a_missing_file_fails_by_default_and_is_listed_under_replace(tmp_path):
     assert check_slices(replaced)["missing"] == [2]
     assert bad.missing_slices(replaced.conf) == [2]
     assert [t["payload"]["z"] for t in PAIRS.plan(replaced)] == [[0, 1]]  # slice 3 alone makes no pair
+    (tmp_path / "src" / "s005.png").write_bytes((tmp_path / "src" / "s003.png").read_bytes())
+    alone = RunContext.create({**conf, "minz": 3, "maxz": 5, "missing_slices": "replace"}, "run-3")
+    assert PAIRS.plan(alone) == []  # slices 3 and 5 have no pair: still the missing 4 is bridged
+    assert [t["key"] for t in BRIDGE.plan(alone)] == ["z00000003-00000005"]
+    (tmp_path / "src" / "s005.png").unlink()
     identity = RunContext.create({**conf, "missing_slices": "replace", "skip_align": True}, "run-2")
     run_collect(identity, [])
     transforms, _, pairs = outputs(identity)

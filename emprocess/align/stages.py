@@ -189,7 +189,7 @@ class PairsResult(Result):
 def plan_pairs(ctx: RunContext) -> list[MiniTask]:
     """Runs of PAIRS_PER_TASK pairs over each run of present slices (missing ones are bridged)."""
     conf = ctx.conf
-    if not ctx.wants("align") or conf.skip_align or conf.reuse_alignment or conf.minz == conf.maxz:
+    if not registers(ctx):
         return []
     missing = set(missing_slices(conf))
     tasks = []
@@ -229,13 +229,19 @@ def pairs_memory(payload: PairsPayload) -> int:
     return int(PAIR_BASE_BYTES + PAIR_BYTES_PER_PIXEL * largest + elastic)
 
 
-def planned_bridges(ctx: RunContext) -> list[tuple[int, int]]:
-    """Every bridge align.collect may need (``bad.candidate_bridges``), from the align.pairs results."""
+def registers(ctx: RunContext) -> bool:
+    """Whether this run registers its slices (rather than skipping, reusing or having one slice)."""
     conf = ctx.conf
-    pairs = plan_pairs(ctx)
-    if not pairs or (conf.bad_slices == "keep" and conf.missing_slices == "fail"):
+    return ctx.wants("align") and not conf.skip_align and not conf.reuse_alignment and conf.minz != conf.maxz
+
+
+def planned_bridges(ctx: RunContext) -> list[tuple[int, int]]:
+    """Every bridge align.collect may need (``bad.candidate_bridges``), from the align.pairs results
+    (none when every present slice stands alone: then only missing slices are bridged)."""
+    conf = ctx.conf
+    if not registers(ctx) or (conf.bad_slices == "keep" and conf.missing_slices == "fail"):
         return []
-    evidence = read_evidence([ctx.cache_url(PAIRS.name, task["key"]) for task in pairs])
+    evidence = read_evidence([ctx.cache_url(PAIRS.name, task["key"]) for task in plan_pairs(ctx)])
     found = detected(evidence.measures, missing_slices(conf), conf.bad_slices)
     suspected = suspects(evidence.fallbacks, found, conf.minz, conf.maxz) if conf.bad_slices == "replace" else []
     return candidate_bridges(found, suspected, conf.minz, conf.maxz)
