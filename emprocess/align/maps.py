@@ -89,8 +89,8 @@ def sample_known(field: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarra
     """Bilinear interpolation of a field with NaN holes over its known neighbours only (their weights
     renormalised): NaN where those hold less than MIN_KNOWN_WEIGHT of the weight, or further than
     EXTRAPOLATED grid units off the grid (up to there, extrapolated linearly from the border cell: the
-    flow grid ends at the slice's edges, and a frame point may lie just past them). A filtered-out vector thus costs the
-    points next to it nothing, not the four cells around it."""
+    flow grid ends at the slice's edges, and a frame point may lie just past them). A filtered-out
+    vector thus costs the points next to it nothing, not the four cells around it."""
     known = np.isfinite(field[..., :1]).astype(np.float64)
     weight = sample(known, gx, gy, EXTRAPOLATED)[..., 0]
     total = sample(np.where(known > 0, field, 0.0), gx, gy, EXTRAPOLATED)
