@@ -79,6 +79,7 @@ def payloads(root: str) -> dict[str, dict]:
     graph = {"graph": f"{root}/graph", "chunk": [0, 0, 0]}
     return {
         "/align": {"images": [f"{root}/a.png", f"{root}/b.png"], "z": [0, 1], "downsample": 1},
+        "/bridge": {"img1": f"{root}/a.png", "img2": f"{root}/b.png", "downsample": 1},
         "/alignedslice": {
             "z": 0, "slice": f"{root}/a.png", "source_size": [64, 64], "transform": [[1, 0, 0], [0, 1, 0]],
             "width": 64, "height": 64, "depth": 2, "z_index": 0, "clip_limit": 0.02, "aligned": f"{root}/aligned",
