@@ -40,7 +40,8 @@ def fake_pair(width: int, height: int) -> dict:
     model = {"found": True, "matrix": IDENTITY, "inliers": 100, "residual_px": 0.0}
     measures = {"std": 40.0, "saturated": 0.0, "focus": 500.0}
     return {
-        "measures1": dict(measures), "measures2": dict(measures), "size1": [width, height], "size2": [width, height], "features1": 1000, "features2": 1000,
+        "measures1": dict(measures), "measures2": dict(measures), "size1": [width, height],
+        "size2": [width, height], "features1": 1000, "features2": 1000,
         "candidates": 200, "attempts": 1, "attempt": 1, "affine": dict(model), "translation": dict(model),
     }
 

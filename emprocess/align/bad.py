@@ -135,6 +135,14 @@ def suspects(fallbacks: Iterable[int], known: Iterable[int], minz: int, maxz: in
     return [z for first, last in runs(single) if last - first < MAX_SUSPECT_RUN for z in range(first, last + 1)]
 
 
+def candidates(measures: dict[int, dict], fallbacks: Iterable[int], missing: Iterable[int], bad_slices,
+               minz: int, maxz: int) -> tuple[dict[int, str], list[int]]:
+    """The detected slices with their reasons (``detected``) and the suspects (``suspects``, looked
+    for under ``bad_slices: "replace"`` only), from the align.pairs results' measures and fallbacks."""
+    found = detected(measures, missing, bad_slices)
+    return found, suspects(fallbacks, found, minz, maxz) if bad_slices == "replace" else []
+
+
 def _trials(suspected: Iterable[int]) -> list[tuple[int, ...]]:
     """The groups of suspects that may be replaced together, smallest first: each alone, then each run."""
     suspected = sorted(suspected)

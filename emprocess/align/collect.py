@@ -36,7 +36,7 @@ from pydantic import Field, model_validator
 
 from emprocess import storage
 from emprocess.align import transforms_url
-from emprocess.align.bad import MISSING, accepted, bridges, detected, nearest_good, suspects
+from emprocess.align.bad import MISSING, accepted, bridges, candidates, nearest_good
 from emprocess.align.compose import NEGLIGIBLE_PX, Choice, choose, compose, frame
 from emprocess.align.images import image_size
 from emprocess.align.maps import FLOW_KEYS, make_maps
@@ -126,8 +126,7 @@ def _pairwise(payload: CollectPayload, minz: int, maxz: int) -> tuple[dict, dict
         raise InputError(f"no align.pairs result for pairs starting at z={absent[:10]} "
                          f"(results read: {len(payload.pairs)})")
     bridged = {(b.first, b.last): storage.read_json(b.result) for b in payload.bridges}
-    found = detected(evidence.measures, missing, payload.bad_slices)
-    suspected = suspects(evidence.fallbacks, found, minz, maxz) if payload.bad_slices == "replace" else []
+    found, suspected = candidates(evidence.measures, evidence.fallbacks, missing, payload.bad_slices, minz, maxz)
     replaced = accepted(found, suspected, {key: not choose(r).fallback for key, r in bridged.items()}, minz, maxz)
     copy_of = {z: nearest_good(z, replaced, minz, maxz) for z in replaced}
     for z, reason in replaced.items():
@@ -138,22 +137,19 @@ def _pairwise(payload: CollectPayload, minz: int, maxz: int) -> tuple[dict, dict
     unplanned = [span for span in spans if span not in bridged]
     if unplanned:
         raise InputError(f"no align.bridge result for {', '.join(f'{a}→{b}' for a, b in unplanned)}")
-    spanned = {first: choose(bridged[(first, last)]) for first, last in spans}
-    for (first, last), choice in [*(((z, z + 1), c) for z, c in choices.items()),
-                                  *(((first, last), spanned[first]) for first, last in spans)]:
+    spanned = {span: choose(bridged[span]) for span in spans}
+    for (first, last), choice in ({(z, z + 1): c for z, c in choices.items()} | spanned).items():
         if choice.fallback or choice.deformed:
             log.warning("pair %d→%d: %s", first, last, choice.reason)
-    entries = [_entry(z, results[z], choices.get(z)) for z in sorted(results)]
-    bridge_entries = [{"first": first, "last": last, **_entry(first, bridged[(first, last)], spanned[first])}
-                      for first, last in spans]
-    for entry in bridge_entries:
-        del entry["z"]
+    entries = [{"z": z, **_entry(results[z], choices.get(z))} for z in sorted(results)]
+    bridge_entries = [{"first": first, "last": last, **_entry(bridged[(first, last)], choice)}
+                      for (first, last), choice in spanned.items()]
     log.info("composed %d pairs and %d bridges; %d fallbacks, %d deformed, %d slices replaced", len(choices),
              len(spans), sum(e["fallback"] for e in entries), sum(e["deformed"] for e in entries), len(replaced))
 
     matrices = {z: np.eye(3) for z in range(minz, maxz)}
     matrices.update({z: choice.matrix for z, choice in choices.items()})
-    matrices.update({first: choice.matrix for first, choice in spanned.items()})
+    matrices.update({first: choice.matrix for (first, _), choice in spanned.items()})
     composed = compose(minz, maxz, matrices)
     composed.update({z: composed[copy_of[z]] for z in replaced})
     sizes = _sizes_from_pairs([*((z, z + 1, r) for z, r in results.items()),
@@ -179,10 +175,10 @@ def _pairwise(payload: CollectPayload, minz: int, maxz: int) -> tuple[dict, dict
                               **kept)
 
 
-def _entry(z: int, result: dict, choice: Choice | None) -> dict:
-    """A pair's entry in pairs.json; a pair touching a replaced slice is ``skipped`` by the chain."""
+def _entry(result: dict, choice: Choice | None) -> dict:
+    """A pair's (or a bridge's) entry in pairs.json but its slices; a pair touching a replaced slice
+    is ``skipped`` by the chain."""
     return {
-        "z": z,
         "skipped": choice is None,
         "model": None if choice is None else choice.model,
         "fallback": False if choice is None else choice.fallback,

@@ -37,7 +37,7 @@ from pydantic import Field, model_serializer, model_validator
 
 from emprocess import storage
 from emprocess.registry import facts
-from emprocess.align.bad import candidate_bridges, detected, missing_slices, runs, suspects
+from emprocess.align.bad import candidate_bridges, candidates, missing_slices, runs
 from emprocess.align.collect import CollectPayload, CollectResult, collect, read_evidence
 from emprocess.align.elastic import register_run_elastic
 from emprocess.align.images import image_size
@@ -242,8 +242,8 @@ def planned_bridges(ctx: RunContext) -> list[tuple[int, int]]:
     if not registers(ctx) or (conf.bad_slices == "keep" and conf.missing_slices == "fail"):
         return []
     evidence = read_evidence([ctx.cache_url(PAIRS.name, task["key"]) for task in plan_pairs(ctx)])
-    found = detected(evidence.measures, missing_slices(conf), conf.bad_slices)
-    suspected = suspects(evidence.fallbacks, found, conf.minz, conf.maxz) if conf.bad_slices == "replace" else []
+    found, suspected = candidates(evidence.measures, evidence.fallbacks, missing_slices(conf), conf.bad_slices,
+                                  conf.minz, conf.maxz)
     return candidate_bridges(found, suspected, conf.minz, conf.maxz)
 
 
