@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 
 from emprocess.registry import SERVICES
-from emprocess.workflow.dag_factory import POOLS, THREADS_PER_WORKER
+from emprocess.workflow import THREADS_PER_WORKER
+from emprocess.workflow.dag_factory import POOLS
 
 
 def main() -> None:

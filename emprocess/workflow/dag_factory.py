@@ -23,12 +23,10 @@ from airflow.sdk import DAG, Connection, Param, TaskGroup, TriggerRule, get_curr
 from emprocess import config, registry
 from emprocess.kubernetes.settings import KubernetesSettings, execution_mode, load_settings
 from emprocess.stages import Facts
-from emprocess.workflow import REPORT_TASK, WIDTHS, dag_id, task_name
+from emprocess.workflow import REPORT_TASK, SMTP_CONNECTION, THREADS_PER_WORKER, WIDTHS, dag_id, task_name
 from emprocess.workflow.operators import ERROR_XCOM, BatchStageOperator, failing_at_once
 
 POOLS = {service.pool: service.description for service in registry.SERVICES.values()}
-THREADS_PER_WORKER = 4
-SMTP_CONNECTION = "smtp_default"  # where the run-ended mail goes out (AIRFLOW_CONN_SMTP_DEFAULT)
 JSON_SCHEMA_DRAFT = "http://json-schema.org/draft-07/schema#"
 
 
