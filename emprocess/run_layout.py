@@ -128,18 +128,26 @@ def run_key_room(source: str) -> int | None:
 def run_locations(source: str, run_key: str) -> RunLocations:
     """Buckets ``B_process/R``, ``B_ng_R``, ``B_chunk_R``, ``B_tmp_R`` (sibling folders for file://;
     ``-`` instead of ``_`` for S3)."""
+    suffixes = _keyed_suffixes(parse(source).scheme)
+    keyed = {location: _beside(source, suffix + run_key) for location, suffix in suffixes.items()}
+    return RunLocations(process=join(process_root(source), run_key), **keyed)
+
+
+def process_root(source: str) -> str:
+    """Where every run of ``source`` has its process folder: bucket ``B_process`` (``B-process`` on S3),
+    or the folder ``<source>_process`` beside a source folder."""
+    return _beside(source, process_suffix(parse(source).scheme))
+
+
+def _beside(source: str, suffix: str) -> str:
+    """The bucket named after ``source``'s with ``suffix``, or the folder so named beside it."""
     u = parse(source)
     if u.scheme == "file":
         base = Path(u.path)
-        parent, name = base.parent, base.name
-        mk = lambda suffix, *rest: str(Url("file", "", str(parent.joinpath(name + suffix, *rest))))  # noqa: E731
-    else:
-        if u.path:
-            raise StorageError(f"{source!r}: source must be a bucket without a path")
-        name = u.bucket
-        mk = lambda suffix, *rest: str(Url(u.scheme, name + suffix, "/".join(rest)))  # noqa: E731
-    keyed = {location: mk(suffix + run_key) for location, suffix in _keyed_suffixes(u.scheme).items()}
-    return RunLocations(process=mk(process_suffix(u.scheme), run_key), **keyed)
+        return str(Url("file", "", str(base.with_name(base.name + suffix))))
+    if u.path:
+        raise StorageError(f"{source!r}: source must be a bucket without a path")
+    return str(Url(u.scheme, u.bucket + suffix, ""))
 
 
 def run_prefixes(source: str) -> list[str]:
