@@ -1,5 +1,5 @@
 """``emprocess``: run a DAG run locally, make the sample, run one stage's worker, show status, write a run's
-report, serve outputs."""
+report, serve outputs; deploy, administer buckets and a source's runs (``admin``, ``runs``)."""
 
 from __future__ import annotations
 
@@ -302,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(func=cmd_serve)
+
+    from emprocess.admin.cli import add_commands
+
+    add_commands(sub)
 
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -5,7 +5,9 @@
 * ``kvstores``: tensorstore's context, kvstore specs and opened stores, its permanent failures;
 * ``objects``: read, write, test, list and delete objects and JSON documents;
 * ``reachability``: whether a store answers, in bounded time;
-* ``buckets``: bucket administration through google-cloud-storage and boto3.
+* ``buckets``: bucket settings (create, expire, public or private) through google-cloud-storage and boto3;
+* ``bucket_contents``: a bucket's objects and sizes, deleting and archiving them (``emprocess admin``);
+* ``bucket_errors``: the clients' failures as messages naming the bucket.
 
 This package re-exports them all, so ``storage.X`` names any of them. Where a run writes is the run
 layout's (``emprocess.run_layout``).
