@@ -11,7 +11,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from emprocess import __version__, storage
 from emprocess.align import transforms_url
-from emprocess.pyramid.viewer import neuroglancer_url
+from emprocess.chunkedgraph.properties import largest_bodies, write_segment_properties
+from emprocess.pyramid.viewer import SHOWN_BODIES, neuroglancer_url
 from emprocess.stages import RunContext
 
 TMP_LIFETIME_DAYS = 7
@@ -52,9 +53,12 @@ def create_env(ctx: RunContext) -> dict:
 
 
 def publish(ctx: RunContext) -> dict:
-    """Expire tmp, open the viewing location when asked, and write ``complete.json`` last; for a public
-    viewing bucket it holds a neuroglancer link (neuroglancer reads gs:// and s3:// sources itself)."""
+    """Expire tmp, merge the bodies' segment properties (once every flatten job is done), open the
+    viewing location when asked, and write ``complete.json`` last; for a public viewing bucket it
+    holds a neuroglancer link (neuroglancer reads gs:// and s3:// sources itself)."""
     storage.set_expiry(ctx.locations.tmp, TMP_LIFETIME_DAYS)
+    if ctx.wants("chunkedgraph"):
+        write_segment_properties(ctx.locations.chunkedgraph, ctx.locations.segmentation)
     if ctx.conf.public:
         storage.make_public(ctx.locations.ng)
     complete = {
@@ -71,6 +75,7 @@ def publish(ctx: RunContext) -> dict:
     }
     viewed = complete["outputs"]["jpeg"], complete["outputs"]["segmentation"]
     if ctx.conf.public and storage.parse(ctx.locations.ng).scheme != "file" and any(viewed):
-        complete["neuroglancer"] = neuroglancer_url(viewed[0], segmentation_url=viewed[1])
+        shown = largest_bodies(viewed[1], SHOWN_BODIES) if viewed[1] else []
+        complete["neuroglancer"] = neuroglancer_url(viewed[0], segmentation_url=viewed[1], segments=shown)
     storage.write_json(ctx.locations.complete, complete)
     return complete

@@ -33,16 +33,21 @@ THUMBNAIL_SUFFIX = ".png"
 JPEG = "neuroglancer/jpeg"
 SEGMENTATION = "neuroglancer/segmentation"  # the root-ID layer
 MESH_FOLDER = "mesh"  # in the segmentation, as its info's "mesh" names it
+SKELETON_FOLDER = "skeletons"  # in the segmentation, as its info's "skeletons" names it
+OME_ZARR = "image.ome.zarr"  # the aligned volume as OME-Zarr, when the conf's formats list it
+SEGMENT_PROPERTIES = "segment_properties"  # in the segmentation, as its info's "segment_properties" names it
 # --- in the chunk location ---
 RAW = "neuroglancer/raw"
 CHUNKEDGRAPH = "chunkedgraph"
 GRAPH_META_FILE = "meta.json"  # in the chunkedgraph, written last by cg.meta
 SUPERVOXELS = "supervoxels"  # in the chunkedgraph: the supervoxel volume
 AGGLOMERATION = "agglomeration"  # in the chunkedgraph: the sorted supervoxel → body table's shards
+BODY_COUNTS = "body_counts"  # in the chunkedgraph: each cg.flatten job's counts per root, <x>_<y>_<z>
 # --- in the tmp location ---
 ALIGNED = "aligned"  # the aligned stack (zarr3)
 PYRAMID_SEED = "pyramid_seed"  # the last block scale, for pyramid.top
 PENDING_MESHES = "mesh"  # mesh fragments passed up to the next layer
+PENDING_SKELETONS = "skeletons"  # skeleton pieces of each chunk, by the shard they go to
 
 # What joins a source's name and a location's: S3 bucket names may not hold '_' (AWS refuses them).
 RUN_SEPARATOR = {"file": "_", "gs": "_", "s3": "-"}
@@ -81,12 +86,15 @@ class RunLocations:
     jpeg = _under("ng", JPEG)
     segmentation = _under("ng", SEGMENTATION)
     meshes = _under("ng", SEGMENTATION, MESH_FOLDER)
+    skeletons = _under("ng", SEGMENTATION, SKELETON_FOLDER)
+    ome_zarr = _under("ng", OME_ZARR)
     raw = _under("chunk", RAW)
     chunkedgraph = _under("chunk", CHUNKEDGRAPH)
     supervoxels = _under("chunk", CHUNKEDGRAPH, SUPERVOXELS)
     aligned = _under("tmp", ALIGNED)
     pyramid_seed = _under("tmp", PYRAMID_SEED)
     pending_meshes = _under("tmp", PENDING_MESHES)
+    pending_skeletons = _under("tmp", PENDING_SKELETONS)
 
     def all(self) -> list[str]:
         return [self.process, self.ng, self.chunk, self.tmp]

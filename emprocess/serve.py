@@ -14,7 +14,8 @@ from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from emprocess.pyramid.viewer import neuroglancer_url
+from emprocess.chunkedgraph.properties import largest_bodies
+from emprocess.pyramid.viewer import SHOWN_BODIES, neuroglancer_url
 from emprocess.run_layout import COMPLETE_FILE, process_suffix
 
 RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)$")
@@ -91,5 +92,6 @@ def viewer_links(directory: str, base_url: str) -> list[tuple[str, str]]:
         elif segmentation:
             jpeg, raw = images.get(dataset, (None, None))
         if jpeg or segmentation:
-            links.append((complete["run_id"], neuroglancer_url(jpeg, raw, segmentation)))
+            shown = largest_bodies(outputs["segmentation"], SHOWN_BODIES) if segmentation else []
+            links.append((complete["run_id"], neuroglancer_url(jpeg, raw, segmentation, segments=shown)))
     return links

@@ -47,7 +47,13 @@ def test_viewer_links_point_at_served_paths(tmp_path):
 
     complete("images", "2026-01-01T00:00:00", jpeg=f"file://{tmp_path}/sample_ng_a/neuroglancer/jpeg",
              raw="file:///somewhere/else/raw")
-    complete("graph", "2026-01-02T00:00:00", segmentation=f"file://{tmp_path}/sample_ng_b/neuroglancer/segmentation")
+    segmentation = tmp_path / "sample_ng_b/neuroglancer/segmentation"
+    complete("graph", "2026-01-02T00:00:00", segmentation=f"file://{segmentation}")
+    (segmentation / "segment_properties").mkdir(parents=True)
+    bodies = {str(body): voxels for body, voxels in zip(range(1, 9), [5, 80, 7, 80, 3, 60, 9, 70])}
+    (segmentation / "segment_properties" / "info").write_text(json.dumps({
+        "@type": "neuroglancer_segment_properties", "inline": {"ids": list(bodies), "properties": [
+            {"id": "voxel_count", "type": "number", "data_type": "uint32", "values": list(bodies.values())}]}}))
     links = dict(viewer_links(str(tmp_path), "http://127.0.0.1:9000"))
     assert set(links) == {"images", "graph"}
     images, graph = unquote(links["images"]), unquote(links["graph"])
@@ -56,3 +62,7 @@ def test_viewer_links_point_at_served_paths(tmp_path):
     # the graph run's bodies are shown over the images of the earlier run of the same dataset
     assert "precomputed://http://127.0.0.1:9000/sample_ng_b/neuroglancer/segmentation" in graph
     assert "sample_ng_a/neuroglancer/jpeg" in graph
+    # the largest bodies are selected, so their meshes and skeletons show at once (ties: lower id first)
+    layer = next(layer for layer in json.loads(graph.split("#!", 1)[1])["layers"] if layer["name"] == "bodies")
+    assert layer["segments"] == ["2", "4", "8", "6", "7"]
+    assert "segments" not in next(layer for layer in json.loads(images.split("#!", 1)[1])["layers"])

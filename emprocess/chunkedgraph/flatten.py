@@ -5,7 +5,8 @@ by mode within the chunk. Storage chunks never straddle two graph chunks at any 
 most the graph chunk's footprint there), so no two jobs write one file. Scales stop when a graph
 chunk would shrink below ``MIN_BLOCK_XY`` voxels in x or y, or when one storage chunk holds the volume.
 Axes are halved while their resolution is below twice the finest one, which keeps anisotropic
-(serial-section) data from being flattened in z first.
+(serial-section) data from being flattened in z first. Last, the job writes its chunk's voxel and
+supervoxel counts per root (properties.py), so that file exists only once the chunk is written.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from emprocess.chunkedgraph import volumes
 from emprocess.chunkedgraph.contracts import FlattenPayload, FlattenResult
 from emprocess.chunkedgraph.downsample import downsample_mode
 from emprocess.chunkedgraph.meta import GraphMeta, read_meta
+from emprocess.chunkedgraph.properties import write_chunk_counts
 from emprocess.chunkedgraph.reader import ChunkedGraph
 from emprocess.stages import InputError
 
@@ -63,13 +65,16 @@ def flatten_chunk(payload: FlattenPayload) -> FlattenResult:
     _ensure_info(segmentation, scales)
     lo, hi = meta.chunk_bounds(coords)
     labels = volumes.read(volumes.open_scale(payload.supervoxels), lo, hi)
-    supervoxels = fastremap.unique(labels)
-    roots = ChunkedGraph(graph).roots(supervoxels)
+    supervoxels, voxels = fastremap.unique(labels, return_counts=True)
+    reader = ChunkedGraph(graph)
+    roots = reader.roots(supervoxels)
     labels = fastremap.remap(labels, dict(zip(supervoxels.tolist(), roots.tolist())), in_place=True)
     for index, scale in enumerate(scales):
         if index:
             labels = downsample_mode(labels, scale.step)
         volumes.write(volumes.open_scale(segmentation, index), lo // np.array(scale.factor), labels)
+    body = supervoxels != 0
+    write_chunk_counts(graph, coords, supervoxels[body], voxels[body], roots[body], reader.chunk_file(2, coords))
     return FlattenResult(
         chunk=list(coords),
         supervoxels=int(np.count_nonzero(supervoxels)),

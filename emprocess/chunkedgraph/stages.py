@@ -31,6 +31,7 @@ from emprocess.chunkedgraph.layers import MAX_LAYERS
 from emprocess.chunkedgraph.meta import GraphMeta, chunk_url, read_meta
 from emprocess.chunkedgraph.parents import build_parent_chunk
 from emprocess.chunkedgraph.prepare import prepare_graph
+from emprocess.chunkedgraph.properties import chunk_counts_url
 from emprocess.stages import MiniTask, RunContext, Stage
 
 
@@ -102,6 +103,10 @@ def _chunk_written(payload: GraphLayer2Payload | GraphLayerPayload, result: Chun
     return storage.exists(chunk_url(payload.graph, payload.layer, payload.chunk))
 
 
+def _counts_written(payload: FlattenPayload, result: FlattenResult) -> bool:
+    return storage.exists(chunk_counts_url(payload.graph, payload.chunk))
+
+
 def _layer_stage(layer: int) -> Stage:
     if layer == 2:
         contract = {"work": build_layer2_chunk, "payload": GraphLayer2Payload, "result": GraphLayer2Result}
@@ -113,7 +118,8 @@ def _layer_stage(layer: int) -> Stage:
 STAGES = [
     Stage(**facts("cg.meta"), plan=plan_meta, work=prepare_graph, payload=GraphMetaPayload, result=GraphMetaResult),
     *(_layer_stage(layer) for layer in range(2, MAX_LAYERS + 1)),
-    Stage(**facts("cg.flatten"), plan=plan_flatten, work=flatten_chunk, payload=FlattenPayload, result=FlattenResult),
+    Stage(**facts("cg.flatten"), plan=plan_flatten, work=flatten_chunk, payload=FlattenPayload, result=FlattenResult,
+          check=_counts_written),
 ]
 
 
