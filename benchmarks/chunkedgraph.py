@@ -1,4 +1,4 @@
-"""ChunkedGraph ingest (and meshing) throughput and memory against the single-process floor.
+"""ChunkedGraph ingest (and meshing, skeletons) throughput and memory against the single-process floor.
 
 For each dataset size: a synthetic supervoxel volume (wavy bricks of ~10³ voxels, so ≥ 200k
 supervoxels at 1024×1024×256) and a table joining rows of bricks into long bodies (along x across the
@@ -7,7 +7,9 @@ whole volume, along y, and along z), written as a precomputed watershed. Then:
 - ingest: cg.meta and every layer in-process on 2 long-lived worker processes (code imported
   before timing, as in the services);
 - flatten: the root-ID segmentation, timed apart (it is output, not graph building);
-- meshing: the bodies' multi-resolution meshes, every layer, timed apart too;
+- meshing: the bodies' multi-resolution meshes, every layer, timed apart too, with the files it
+  wrote (the sharded output, and the pending fragments and shard entries in tmp);
+- skeletons: kimimaro per chunk and the merge per shard, timed apart, with the files they wrote;
 - floor, in the same run: read the volume once, ``cc3d.contacts`` on all of it, and scipy connected
   components on the whole graph in one process;
 - peak RSS of each job, measured in a second pass where every job runs in a fresh process (Linux
@@ -35,6 +37,7 @@ from scipy.sparse.csgraph import connected_components
 from emprocess import registry, storage
 from emprocess.chunkedgraph.stages import STAGES
 from emprocess.meshing.stages import STAGES as MESH_STAGES
+from emprocess.skeletons.stages import STAGES as SKELETON_STAGES
 from emprocess.stages import RunContext
 
 CELL = 10  # supervoxel brick side in voxels
@@ -126,6 +129,7 @@ def warm_worker() -> None:
     """Import the stage code up front: the services that run these jobs are long-lived processes."""
     import emprocess.chunkedgraph.stages  # noqa: F401
     import emprocess.meshing.stages  # noqa: F401
+    import emprocess.skeletons.stages  # noqa: F401
 
 
 def run_job(args: tuple[str, dict]) -> tuple[dict, float, float, float]:
@@ -192,14 +196,15 @@ def bench(size: tuple[int, int, int], chunk: int, root: Path, timing_pool, memor
         "minz": 0,
         "maxz": size[2] - 1,
         "source": f"file://{root}/src",
-        "stages": ["chunkedgraph", "meshing"],
+        "stages": ["chunkedgraph", "meshing", "skeletons"],
         "segmentation": {"watershed": watershed, "agglomeration": table, "chunk_size": [chunk] * 3},
     }
     ctx = RunContext.create(conf, f"bench-{size[0]}")
     graph = [s.name for s in STAGES if s.name != "cg.flatten"]
     meshing = [s.name for s in MESH_STAGES]
+    skeletons = [s.name for s in SKELETON_STAGES]
     timed = {**ingest(ctx, timing_pool, graph), **ingest(ctx, timing_pool, ["cg.flatten"]),
-             **ingest(ctx, timing_pool, meshing)}
+             **ingest(ctx, timing_pool, meshing), **ingest(ctx, timing_pool, skeletons)}
     floor_seconds = min(floor(watershed, table) for _ in range(2))  # the floor's best of two
     memory = ingest(ctx, memory_pool, list(timed))  # again, one fresh process per job: identical bytes
     for name, r in timed.items():
@@ -215,7 +220,15 @@ def bench(size: tuple[int, int, int], chunk: int, root: Path, timing_pool, memor
     ratio, ratio_with_flatten = ingest_seconds / floor_seconds, with_flatten / floor_seconds
     print(f"  ingest / floor = {ratio:.2f} (target ≤ 4); with cg.flatten {ratio_with_flatten:.2f}")
     meshing_seconds = sum(r["seconds"] for name, r in timed.items() if name in meshing)
-    print(f"  meshing (every layer, {WORKERS} workers): {meshing_seconds:.1f} s")
+    bodies = storage.read_json(ctx.cache_url("mesh.meta", "meta"))["bodies"]
+    mesh_files, tmp_files = (len(storage.listdir(url)) for url in (ctx.locations.meshes, ctx.locations.pending_meshes))
+    print(f"  meshing (mesh.meta + every layer, {WORKERS} workers): {meshing_seconds:.1f} s wall; {bodies} bodies, "
+          f"{mesh_files} files written to the mesh folder (info + shards), {tmp_files} to tmp")
+    skeleton_seconds = sum(r["seconds"] for name, r in timed.items() if name in skeletons)
+    skeleton_files, pieces = (len(storage.listdir(url)) for url in (ctx.locations.skeletons,
+                                                                     ctx.locations.pending_skeletons))
+    print(f"  skeletons (skel.meta + chunks + merge, {WORKERS} workers): {skeleton_seconds:.1f} s wall; "
+          f"{skeleton_files} files written to the skeleton folder (info + shards), {pieces} piece files to tmp")
 
 
 def main() -> None:

@@ -92,7 +92,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """The sample through the image run, then its cells through a ChunkedGraph and meshing run."""
+    """The sample through the image run, then its cells through a ChunkedGraph, meshing and skeletons run."""
     from emprocess import storage
     from emprocess.align import transforms_url
     from emprocess.sample import write_sample, write_sample_segmentation
@@ -112,8 +112,8 @@ def cmd_demo(args) -> int:
     transforms = storage.read_json(transforms_url(RunContext.create(conf, image_run).locations.process))
     segmentation = write_sample_segmentation(out / "sample", transforms, out / "sample_segmentation")
     print(f"sample supervoxels in the aligned frame: {segmentation['watershed']}; "
-          "building their ChunkedGraph and meshes", flush=True)
-    graph_conf = dict(conf, stages=["chunkedgraph", "meshing"], segmentation=segmentation)
+          "building their ChunkedGraph, meshes and skeletons", flush=True)
+    graph_conf = dict(conf, stages=["chunkedgraph", "meshing", "skeletons"], segmentation=segmentation)
     (out / "sample_segmentation" / "conf.json").write_text(json.dumps(graph_conf, indent=2))
     if _run(graph_conf, args) is None:
         return 1

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 from emprocess import run_layout, storage
 from emprocess.errors import ConfError  # noqa: F401  (re-exported: the conf's own error)
 
-STAGES = ("align", "pyramid", "chunkedgraph", "meshing")
+STAGES = ("align", "pyramid", "chunkedgraph", "meshing", "skeletons")
+FORMATS = ("precomputed", "ome-zarr")  # of the aligned volume
 RUN_KEY_MAX = 40  # longer run ids are cut and end in a digest
 DIGEST_LENGTH = 8
 EMAIL_PATTERN = r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$"  # one address
@@ -107,9 +108,11 @@ class RunConf(BaseModel):
     jpeg_quality: int = Field(90, ge=1, le=100, strict=True,
                               description="JPEG quality of the viewing pyramid, 1 to 100")
     public: bool = Field(False, description="make the viewing location public + CORS")
-    stages: list[Literal["align", "pyramid", "chunkedgraph", "meshing"]] = Field(
-        list(STAGES), description="subset of align, pyramid, chunkedgraph, meshing to run"
-    )
+    stages: list[Literal[STAGES]] = Field(list(STAGES), description=f"subset of {', '.join(STAGES)} to run")
+    formats: list[Literal[FORMATS]] = Field(
+        ["precomputed"], description="formats of the aligned volume: precomputed (always written: the viewer link "
+                                     "and the later stages read it) and, when listed too, ome-zarr (OME-Zarr 0.5 "
+                                     "beside it in the viewing location)")
     segmentation: SegmentationConf | None = None
 
     @model_validator(mode="before")
@@ -165,7 +168,17 @@ class RunConf(BaseModel):
             raise ValueError("name at least one stage")
         if "meshing" in value and "chunkedgraph" not in value:
             raise ValueError("meshing needs chunkedgraph in the same run: it meshes that graph's bodies")
+        if "skeletons" in value and "chunkedgraph" not in value:
+            raise ValueError("skeletons needs chunkedgraph in the same run: it skeletonizes that graph's bodies")
         return sorted(set(value), key=STAGES.index)
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, value: list[str]) -> list[str]:
+        if "precomputed" not in value:
+            raise ValueError('list "precomputed": it is always written (the viewer link and the later stages read '
+                             'it); "ome-zarr" can only be added to it')
+        return sorted(set(value), key=FORMATS.index)
 
     @model_validator(mode="after")
     def _ranges(self) -> "RunConf":

@@ -57,6 +57,10 @@ FACTS: tuple[Facts, ...] = (
     Facts("cg.flatten", "chunkedgraph", "flatten", "emwrite", "/cg/flatten"),
     Facts("mesh.meta", "meshing", "mesh_meta", "emwrite", "/mesh/meta", wide=False),
     *_layers("mesh.layer", "meshing", "/mesh/layer", "/mesh/layer"),
+    Facts("mesh.shards", "meshing", "shards", "emwrite", "/mesh/shards"),
+    Facts("skel.meta", "skeletons", "skel_meta", "emwrite", "/skel/meta", wide=False),
+    Facts("skel.chunks", "skeletons", "chunks", "emwrite", "/skel/chunk"),
+    Facts("skel.merge", "skeletons", "merge", "emwrite", "/skel/merge"),
 )
 
 
@@ -80,8 +84,9 @@ def table() -> list[Stage]:
     from emprocess.meshing.stages import STAGES as meshing
     from emprocess.pyramid.stages import ALIGN_STAGES as warp
     from emprocess.pyramid.stages import STAGES as pyramid
+    from emprocess.skeletons.stages import STAGES as skeletons
 
-    by_name = {stage.name: stage for stage in (*align, *warp, *pyramid, *chunkedgraph, *meshing)}
+    by_name = {stage.name: stage for stage in (*align, *warp, *pyramid, *chunkedgraph, *meshing, *skeletons)}
     if set(by_name) != {row.name for row in FACTS}:
         raise RuntimeError(f"stages without facts, or facts without a stage: "
                            f"{sorted(set(by_name) ^ {row.name for row in FACTS})}")

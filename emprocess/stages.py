@@ -52,8 +52,9 @@ class RunContext:
         return cls(conf, run_id, key, run_layout.run_locations(conf.source, key))
 
     def wants(self, stage: str) -> bool:
-        """True when the conf asks for this top-level stage (align, pyramid, chunkedgraph, meshing)."""
-        if stage in ("chunkedgraph", "meshing") and self.conf.segmentation is None:
+        """True when the conf asks for this top-level stage (align, pyramid, chunkedgraph, meshing,
+        skeletons)."""
+        if stage in ("chunkedgraph", "meshing", "skeletons") and self.conf.segmentation is None:
             return False
         return stage in self.conf.stages
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +13,14 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
+import tensorstore as ts
 from support.chunkedgraph import active_components, body_table, read_labels, same_partition, voronoi_supervoxels
 from support.chunkedgraph import write_volume as write_watershed
 from support.emprocess_cli import emprocess, run_id_of
 
 from emprocess import storage
 from emprocess.lifecycle import TMP_LIFETIME_DAYS
-from emprocess.meshing.layout import manifest_url, mesh_url
+from emprocess.meshing.layout import mesh_url, read_sharding
 from emprocess.pyramid import stages as pyramid
 from emprocess.pyramid.writers import open_scale, open_zarr, zyx
 from emprocess.stages import RunContext
@@ -121,4 +123,7 @@ def test_a_chunkedgraph_run_reads_its_supervoxels_from_a_bucket_and_writes_the_g
     assert same_partition(roots, active_components(watershed, table))
     mesh = mesh_url(ctx.locations.segmentation)  # a multi-resolution mesh for every body, in the bucket
     assert storage.read_json(storage.join(mesh, "info"))["@type"] == "neuroglancer_multilod_draco"
-    assert all(storage.exists(manifest_url(mesh, int(root))) for root in np.unique(roots) if root)
+    shards = ts.KvStore.open({"driver": "neuroglancer_uint64_sharded", "metadata": read_sharding(mesh).to_json(),
+                              "base": storage.kvstore_spec(mesh)}, context=storage.context()).result()
+    manifests = [shards.read(struct.pack(">Q", int(root))).result() for root in np.unique(roots) if root]
+    assert all(manifest.state == "value" and len(manifest.value) > 0 for manifest in manifests)

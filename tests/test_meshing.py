@@ -1,7 +1,7 @@
 """Multi-resolution meshes of the graph's bodies, read back with CloudVolume (a third-party reader).
 
 The graph is built in-process (as in the chunkedgraph tests) on a volume whose chunks do not divide
-it and whose voxel_offset is not zero, then the meshing stages run layer by layer.
+it and whose voxel_offset is not zero, then the meshing stages run layer by layer, then shard by shard.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from support.chunkedgraph import (
 
 from emprocess import storage
 from emprocess.chunkedgraph.meta import read_meta
-from emprocess.meshing.layout import manifest_url, mesh_url
+from emprocess.meshing.layout import mesh_url, read_sharding
 from emprocess.meshing.levels import finish_layer
 from emprocess.meshing.stages import STAGES
 
@@ -97,7 +97,7 @@ def test_levels_of_detail_follow_the_graph_layers(meshed):
     chunk_shape = np.array(CHUNK) * np.array(RESOLUTION)
     checked_coarse = 0
     for root in roots_of(labels):
-        manifest = cv.mesh.get_manifest([root])[0]
+        manifest = cv.mesh.get_manifest(root)
         assert manifest.num_lods == finish_layer(meta, root) - 1
         assert np.allclose(manifest.chunk_shape, chunk_shape)
         lod0 = {tuple(p) for p in manifest.fragment_positions[0].tolist()}
@@ -122,7 +122,7 @@ def test_no_level_of_detail_has_gaps_where_its_fragments_meet(meshed):
     ctx, labels, cv, _ = meshed
     checked = 0
     for root in roots_of(labels):
-        manifest = cv.mesh.get_manifest([root])[0]
+        manifest = cv.mesh.get_manifest(root)
         for lod in range(1, manifest.num_lods):
             mesh = cv.mesh.get(root, lod=lod)[root]
             uses = edge_uses(mesh.vertices, mesh.faces)
@@ -137,7 +137,7 @@ def test_coarse_fragments_keep_to_their_eight_subcells(meshed):
     half_voxel = np.array(RESOLUTION) / 2  # the mesh info's transform to voxel corners
     checked = 0
     for root in roots_of(labels):
-        manifest = cv.mesh.get_manifest([root])[0]
+        manifest = cv.mesh.get_manifest(root)
         for lod in range(1, manifest.num_lods):
             fragments = cv.mesh.get(root, lod=lod, concat=False)[root]
             positions = [p for p, size in zip(manifest.fragment_positions[lod], manifest.fragment_offsets[lod])
@@ -162,7 +162,7 @@ def test_rerunning_mesh_jobs_rewrites_identical_bytes(meshed):
         return {name: hashlib.sha256(storage.read(url)).hexdigest() for name, url in tree.items()}
 
     before = digests()
-    assert any(name.endswith(".index") for name in before)
+    assert any(name.endswith(".shard") for name in before)
     for stage in STAGES:
         for task in stage.plan(ctx)[:3]:
             stage.execute(task["payload"])
@@ -170,11 +170,14 @@ def test_rerunning_mesh_jobs_rewrites_identical_bytes(meshed):
 
 
 def test_every_root_gets_its_manifest_once(meshed):
-    ctx, labels, _, results = meshed
+    ctx, labels, cv, results = meshed
     mesh = mesh_url(ctx.locations.segmentation)
-    finished = sum(r["roots"] for name, stage in results.items() if name != "mesh.meta" for r in stage.values())
+    finished = sum(r["roots"] for name, stage in results.items() if name.startswith("mesh.layer")
+                   for r in stage.values())
     roots = roots_of(labels)
-    assert finished == len(roots)  # no root is finished twice (a later job would overwrite it)
-    assert all(storage.exists(manifest_url(mesh, root)) for root in roots)
-    written = {k.removesuffix(".index") for k in storage.listdir(mesh) if k.endswith(".index")}
-    assert written == {str(root) for root in roots}
+    assert finished == len(roots)  # no root is finished twice (its shard would hold it twice)
+    assert results["mesh.meta"]["meta"]["bodies"] == len(roots)
+    assert sum(r["bodies"] for r in results["mesh.shards"].values()) == len(roots)
+    assert all(cv.mesh.get_manifest(root).num_lods for root in roots)
+    spec = read_sharding(mesh)
+    assert set(storage.listdir(mesh)) == {"info", *(spec.shard_name(s) for s in range(spec.shards))}

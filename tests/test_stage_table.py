@@ -24,7 +24,7 @@ def test_groups_follow_the_conf_s_stage_order_and_each_stage_states_its_facts():
         assert stage.service in (*registry.SERVICES, None), stage.name
         assert bool(stage.endpoint) == (stage.service is not None), stage.name
         assert stage.name.startswith({"align": "align.", "pyramid": ("pyramid.", "align."),
-                                      "chunkedgraph": "cg.", "meshing": "mesh."}[stage.group]), stage.name
+                                      "chunkedgraph": "cg.", "meshing": "mesh.", "skeletons": "skel."}[stage.group]), stage.name
 
 
 @pytest.mark.parametrize("width", [1, 16])

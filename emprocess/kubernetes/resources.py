@@ -31,6 +31,10 @@ PEAK_GIB = {  # one mini-task's peak memory (README, "What one call holds in mem
     "mesh.meta": 0.25,
     "mesh.layer2": 0.5,
     "mesh.layer": 0.3,
+    "mesh.shards": 1.0,  # one shard, ~4.8 times its bytes: 0.97 GB for 2,048 bodies of ~100 kB (200 MB)
+    "skel.meta": 0.25,
+    "skel.chunks": 0.5,  # one 256^3 chunk: 0.49 GB for 600 bodies (kimimaro, its distance transform)
+    "skel.merge": 0.25,  # one shard: 0.17 GB for 2,400 bodies in 8 chunks' pieces each
 }
 
 

@@ -24,13 +24,17 @@ class MeshMetaPayload(Payload):
 
 
 class MeshMetaResult(Result):
-    """Where the meshes go: the mesh directory the segmentation's ``info`` names."""
+    """Where the meshes go (the mesh directory the segmentation's ``info`` names), and the bodies and
+    shard files its sharding was chosen for."""
 
     mesh: str
+    bodies: Count
+    shards: Count
 
 
 class MeshLayerPayload(Payload):
-    """The meshes of one chunk of one layer; fragments of unfinished bodies go to ``pending``."""
+    """The meshes of one chunk of one layer; fragments of unfinished bodies, and the shard entries of
+    finished ones, go to ``pending``."""
 
     graph: Location
     segmentation: Location
@@ -48,3 +52,20 @@ class MeshLayerResult(Result):
     chunk: Triple
     roots: Count
     passed_up: Count
+
+
+class MeshShardPayload(Payload):
+    """Assemble shard file ``shard`` of the meshes at ``mesh`` from the entries every layer job left
+    for it in ``pending``."""
+
+    mesh: Location
+    pending: Location
+    shard: Count
+
+
+class MeshShardResult(Result):
+    """The bodies the shard holds, and its file (written even when empty)."""
+
+    shard: Count
+    bodies: Count
+    written: str

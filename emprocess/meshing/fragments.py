@@ -70,8 +70,8 @@ def zorder(positions) -> np.ndarray:
 
 def manifest(chunk_shape, grid_origin, lod_scales: list[float], positions: list[np.ndarray],
              sizes: list[np.ndarray]) -> bytes:
-    """The ``<segment>.index`` file: per level of detail its fragments' cell positions (in Z-curve
-    order) and byte sizes, in the order their bytes follow one another in the data file."""
+    """A segment's manifest: per level of detail its fragments' cell positions (in Z-curve order) and
+    byte sizes, in the order their bytes follow one another just before the manifest."""
     lods = len(lod_scales)
     parts = [struct.pack("<3f", *chunk_shape), struct.pack("<3f", *grid_origin), struct.pack("<I", lods),
              np.asarray(lod_scales, "<f4").tobytes(), np.zeros((lods, 3), "<f4").tobytes(),

@@ -12,10 +12,10 @@
 
 A root's voxels lie inside the chunk of the graph job that created it (its "origin", encoded in its
 ID); its fragments lie there too, or in the cells just below it (see ``finish_layer``). The job of
-the chunk that holds them all writes the root's ``<id>.index`` manifest and ``<id>`` fragment data;
-every job passes up, in its pending file, the fragments of the roots it does not finish. Every file
-a job writes is derived from its inputs alone (re-runs rewrite the same bytes); the pending file is
-written last, so it marks the job done.
+the chunk that holds them all makes the root's manifest and its shard entry, which mesh.shards puts
+in its shard file (see ``shards``); every job passes up, in its pending file, the fragments of the
+roots it does not finish. Every file a job writes is derived from its inputs alone (re-runs rewrite
+the same bytes); the pending file is written last, so it marks the job done.
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ import meshoptimizer
 import numpy as np
 import zmesh
 
-from emprocess import storage
 from emprocess.chunkedgraph import chunkfile, volumes
 from emprocess.chunkedgraph.ids import consumption_layer
 from emprocess.chunkedgraph.meta import GraphMeta, chunk_url, read_meta
-from emprocess.meshing import fragments
+from emprocess.meshing import fragments, shards
 from emprocess.meshing.contracts import MeshLayerPayload, MeshLayerResult
-from emprocess.meshing.layout import MeshLayout, manifest_url
+from emprocess.meshing.layout import MeshLayout, read_sharding
 from emprocess.stages import InputError
 
 MIN_TRIANGLES = 8  # a part this small is kept as it is
@@ -51,10 +50,8 @@ def mesh_chunk(payload: MeshLayerPayload) -> MeshLayerResult:
     else:
         objects = _coarser(meta, layout, payload.pending, layer, coords, payload.simplification_factor)
     finished = sorted(root for root in objects if _finishes_here(meta, root, layer, coords))
-    meshes = [_root_files(payload.mesh, layout, root, objects.pop(root)) for root in finished]
-    # every fragment data file before any manifest: a manifest makes its mesh visible
-    storage.write_all({url: data for (url, data), _ in meshes})
-    storage.write_all(dict(manifest for _, manifest in meshes))
+    shards.write_finished(payload.pending, read_sharding(payload.mesh), layer, coords,
+                          {root: _shard_entry(layout, objects.pop(root)) for root in finished})
     _write_pending(chunk_url(payload.pending, layer, coords), objects)
     return MeshLayerResult(layer=layer, chunk=list(coords), roots=len(finished), passed_up=len(objects))
 
@@ -147,9 +144,8 @@ def _concatenate(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray
     return np.concatenate(vertices), np.concatenate(faces).astype(np.uint32)
 
 
-def _root_files(mesh: str, layout: MeshLayout, root: int,
-                found: list[Fragment]) -> tuple[tuple[str, bytes], tuple[str, bytes]]:
-    """(URL, bytes) of the root's fragment data and of its manifest."""
+def _shard_entry(layout: MeshLayout, found: list[Fragment]) -> tuple[bytes, bytes]:
+    """A root's fragment data and its manifest."""
     lods = max(lod for lod, _, _ in found) + 1
     positions, sizes, data = [], [], []
     for lod in range(lods):
@@ -160,7 +156,7 @@ def _root_files(mesh: str, layout: MeshLayout, root: int,
         sizes.append(np.asarray([len(fragment) for _, _, fragment in level], np.uint32))
         data.extend(fragment for _, _, fragment in level)
     index = fragments.manifest(layout.chunk_shape, layout.grid_origin, layout.lod_scales(lods), positions, sizes)
-    return (storage.join(mesh, str(root)), b"".join(data)), (manifest_url(mesh, root), index)
+    return b"".join(data), index
 
 
 def _write_pending(url: str, objects: dict[int, list[Fragment]]) -> None:

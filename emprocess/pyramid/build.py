@@ -2,8 +2,9 @@
 
 Memory for a full block stays near 1.5 GB: the block is streamed from the aligned volume in 64-slice
 slabs whose chunks are encoded as they arrive, each scale's into a transaction that holds its encoded
-shards until it is committed (in the background, while the next scale is encoded). The JPEG and raw
-volumes are written one after the other (the raw pass reads the slabs again), and the coarser
+shards until it is committed (in the background, while the next scale is encoded). The JPEG volume
+(with the OME-Zarr one, when asked for, two slabs in flight) and the raw volume are written one after
+the other (the raw pass reads the slabs again), and the coarser
 scales (1/7 of the block) are kept in memory between the passes. Every coarser scale is the 2×2×2
 mean of the exact scale below it, never of decoded JPEG. An aligned or seed chunk that does not
 decode is an InputError naming the volume and slices (see ``emprocess.corrupt``), not retried.
@@ -23,9 +24,11 @@ from emprocess.pyramid.chunks import ShardWriter
 from emprocess.pyramid.downsample import mean2
 from emprocess.pyramid.layout import CHUNK, Box, PyramidLayout
 from emprocess.pyramid.memory import reuse_memory, reused_buffers
+from emprocess.pyramid.ome_zarr import OmeZarrWriter
 from emprocess.pyramid.writers import ALIGNED_CHUNKS, SEED_CHUNKS, open_zarr, zyx
 
 SLAB = CHUNK  # scale-0 slices per read; a multiple of 16, so each block scale gets whole slices
+Writer = ShardWriter | OmeZarrWriter  # write(scale, origin, data), then commit()
 
 
 def _slabs(aligned: ts.TensorStore, aligned_url: str, box: Box,
@@ -53,23 +56,27 @@ def _slabs(aligned: ts.TensorStore, aligned_url: str, box: Box,
             pending = read(i + 1, starts[i + 1])
 
 
-def _write_volume(writer: ShardWriter, boxes: dict[int, Box], slabs: Iterator[tuple[int, np.ndarray]],
+def _write_volume(writers: list[Writer], boxes: dict[int, Box], slabs: Iterator[tuple[int, np.ndarray]],
                   coarse: dict[int, np.ndarray]) -> None:
-    """Scale 0 from ``slabs``, then the scales in ``coarse``; each scale's part of the block is one
-    whole shard, so nothing is read back. The last scale is written by ``writer.commit()``."""
+    """Scale 0 from ``slabs``, then the scales in ``coarse``, to each of ``writers``; each scale's part
+    of the block is whole shards, so nothing is read back. The last writes end with ``commit()``."""
     x0, y0, _ = boxes[0][0]
     for z, data in slabs:
-        writer.write(0, (x0, y0, z), data)
+        for writer in writers:
+            writer.write(0, (x0, y0, z), data)
     for scale, data in coarse.items():
-        writer.write(scale, boxes[scale][0], data)
+        for writer in writers:
+            writer.write(scale, boxes[scale][0], data)
 
 
 def build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: str | None, layout: PyramidLayout,
-                block: tuple[int, int, int], jpeg_quality: int) -> None:
-    """Write every block scale of ``block`` to the JPEG (and raw) volume, and its seed when needed.
+                block: tuple[int, int, int], jpeg_quality: int, ome_zarr_url: str | None = None) -> None:
+    """Write every block scale of ``block`` to the JPEG (and raw, and OME-Zarr) volume, and its seed
+    when needed.
 
-    Order: JPEG (all scales, computing the coarse ones on the way), the seed, then raw (reading the
-    slabs again). Each scale's shards are written in the background while the next is encoded."""
+    Order: JPEG and OME-Zarr (all scales, computing the coarse ones on the way), the seed, then raw
+    (reading the slabs again). Each scale's shards are written in the background while the next is
+    encoded."""
     reuse_memory()
     boxes = {s: layout.block_box(block, s) for s in layout.block_scales}
     aligned = open_zarr(aligned_url, zyx(layout.size), ALIGNED_CHUNKS, create=False)
@@ -86,8 +93,10 @@ def build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: 
                     start = (z - block_z0) >> scale
                     target[start:start + level.shape[0]] = level
 
-        writers = [ShardWriter(jpeg_url, layout, "jpeg", jpeg_quality, pool)]
-        _write_volume(writers[0], boxes, first_pass(), coarse)
+        writers: list[Writer] = [ShardWriter(jpeg_url, layout, "jpeg", jpeg_quality, pool)]
+        if ome_zarr_url is not None:
+            writers.append(OmeZarrWriter(ome_zarr_url, layout))
+        _write_volume(writers, boxes, first_pass(), coarse)
         if seed_url is not None:
             last = max(boxes)
             seed = open_zarr(seed_url, zyx(layout.scale_size(last)), SEED_CHUNKS, create=True)
@@ -95,14 +104,15 @@ def build_block(aligned_url: str, jpeg_url: str, raw_url: str | None, seed_url: 
             seed[z0:z1, y0:y1, x0:x1].write(coarse[last]).result()
         if raw_url is not None:
             writers.append(ShardWriter(raw_url, layout, "raw", None, pool))
-            _write_volume(writers[1], boxes, _slabs(aligned, aligned_url, boxes[0], buffer), coarse)
+            _write_volume(writers[-1:], boxes, _slabs(aligned, aligned_url, boxes[0], buffer), coarse)
         for writer in writers:
             writer.commit()
 
 
-def build_top(seed_url: str, jpeg_url: str, raw_url: str | None, layout: PyramidLayout, jpeg_quality: int) -> None:
-    """Write the top scales (one shard file each) by downsampling the seed, the exact last block scale,
-    which holds 1/4096 of the volume."""
+def build_top(seed_url: str, jpeg_url: str, raw_url: str | None, layout: PyramidLayout, jpeg_quality: int,
+              ome_zarr_url: str | None = None) -> None:
+    """Write the top scales (one shard file each, per volume) by downsampling the seed, the exact last
+    block scale, which holds 1/4096 of the volume."""
     last = layout.block_scales[-1]
     reading = open_zarr(seed_url, zyx(layout.scale_size(last)), SEED_CHUNKS, create=False).read()
     with corrupt.reading(f"pyramid seed {seed_url}"):
@@ -111,9 +121,11 @@ def build_top(seed_url: str, jpeg_url: str, raw_url: str | None, layout: Pyramid
     for scale in layout.top_scales:
         level = levels[scale] = mean2(level)
     with ThreadPoolExecutor(usable_cpus()) as pool:
-        for url, encoding in ((jpeg_url, "jpeg"), (raw_url, "raw")):
-            if url is not None:
-                writer = ShardWriter(url, layout, encoding, jpeg_quality if encoding == "jpeg" else None, pool)
-                for scale, data in levels.items():
-                    writer.write(scale, (0, 0, 0), data)
-                writer.commit()
+        writers: list[Writer] = [ShardWriter(url, layout, encoding, jpeg_quality if encoding == "jpeg" else None, pool)
+                                 for url, encoding in ((jpeg_url, "jpeg"), (raw_url, "raw")) if url is not None]
+        if ome_zarr_url is not None:
+            writers.append(OmeZarrWriter(ome_zarr_url, layout))
+        for writer in writers:
+            for scale, data in levels.items():
+                writer.write(scale, (0, 0, 0), data)
+            writer.commit()

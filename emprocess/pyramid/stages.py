@@ -1,9 +1,10 @@
 """The aligned-slice and pyramid stages (all served by emwrite).
 
 ``align.intensity`` → one mini-task (the stack's 16-bit → 8-bit rule, see ``intensity``);
-``align.warp`` → one mini-task per slice; ``pyramid.meta`` → one (both infos and provenance);
-``pyramid.shard`` → one per 1024³ block (key ``x{i}_y{j}_z{k}``), writing scales 0–4;
-``pyramid.top`` → one, the scales above 4 (no task when the block scales already reach one chunk).
+``align.warp`` → one mini-task per slice; ``pyramid.meta`` → one (both infos and provenance, and the
+OME-Zarr metadata); ``pyramid.shard`` → one per 1024³ block (key ``x{i}_y{j}_z{k}``), writing scales
+0–4; ``pyramid.top`` → one, the scales above 4 (no task when the block scales already reach one chunk).
+The OME-Zarr volume (``ome_zarr``, when the conf's ``formats`` list it) is written by the same tasks.
 Every plan returns [] unless the conf wants the pyramid, reads at most ``align/transforms.json`` (and,
 under ``missing_slices: "replace"``, the listing of the source), and puts every URL its work needs in
 the payload. A replaced slice's warp reads its copy's source (``slice``) and map, so both render
@@ -14,9 +15,10 @@ Payloads:
   align.intensity {url, sample: [slice URLs]}
   align.warp     {z, slice, source_size, transform, width, height, depth, z_index, clip_limit, aligned,
                   thumbnail, intensity (the rule's URL), elastic: {maps, index, stride, grid} in elastic mode}
-  pyramid.meta   {jpeg, raw|null, layout, jpeg_quality, provenance: {description, sources, owners, method}}
-  pyramid.shard  {block: [i, j, k], aligned, jpeg, raw|null, seed|null, layout, jpeg_quality}
-  pyramid.top    {seed, jpeg, raw|null, layout, jpeg_quality}
+  pyramid.meta   {jpeg, raw|null, ome_zarr|null, layout, jpeg_quality,
+                  provenance: {description, sources, owners, method}}
+  pyramid.shard  {block: [i, j, k], aligned, jpeg, raw|null, ome_zarr|null, seed|null, layout, jpeg_quality}
+  pyramid.top    {seed, jpeg, raw|null, ome_zarr|null, layout, jpeg_quality}
 where layout = {size: [x, y, z], voxel_offset: [0, 0, minz], resolution: [x, y, z] nm}.
 """
 
@@ -31,6 +33,7 @@ from emprocess.registry import facts
 from emprocess.align import transforms_url
 from emprocess.align.bad import missing_slices
 from emprocess.align.images import image_size
+from emprocess.pyramid import ome_zarr
 from emprocess.pyramid.aligned import (
     WARP_BASE_BYTES,
     WARP_BYTES_PER_SOURCE_PIXEL,
@@ -54,6 +57,10 @@ SHARD_BASE_BYTES = 100_000_000
 SHARD_BYTES_PER_VOXEL = 1.3
 TOP_BASE_BYTES = 100_000_000
 TOP_BYTES_PER_VOXEL = 1.2 / 4096
+# The OME-Zarr volume adds two 64-slice slabs in flight to a block (measured: 0.33 GB more for incompressible
+# noise), and to the top task its levels (1/7 of the seed) staged and encoded (estimated).
+OME_ZARR_BLOCK_BYTES = 350_000_000
+OME_ZARR_TOP_BYTES_PER_VOXEL = 2 / 7 / 4096
 
 Quality = Annotated[int, Field(ge=1, le=100)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
@@ -69,10 +76,12 @@ class Provenance(Payload):
 
 
 class PyramidMetaPayload(Payload):
-    """The JPEG volume at ``jpeg`` (and the raw one at ``raw``) of geometry ``layout``."""
+    """The JPEG volume at ``jpeg`` (and the raw one at ``raw``, the OME-Zarr one at ``ome_zarr``) of
+    geometry ``layout``."""
 
     jpeg: Location
     raw: Location | None = None
+    ome_zarr: Location | None = None
     layout: Layout
     jpeg_quality: Quality
     provenance: Provenance
@@ -85,6 +94,7 @@ class ShardPayload(Payload):
     aligned: Location
     jpeg: Location
     raw: Location | None = None
+    ome_zarr: Location | None = None
     seed: Location | None = None
     layout: Layout
     jpeg_quality: Quality
@@ -102,12 +112,13 @@ class TopPayload(Payload):
     seed: Location
     jpeg: Location
     raw: Location | None = None
+    ome_zarr: Location | None = None
     layout: Layout
     jpeg_quality: Quality
 
 
 class MetaResult(Result):
-    """The info and provenance files written, and the volume's number of scales."""
+    """The info, provenance (and OME-Zarr metadata) files written, and the volume's number of scales."""
 
     files: list[str]
     scales: int
@@ -150,6 +161,10 @@ def run_layout(ctx: RunContext) -> PyramidLayout:
 
 def _raw_url(ctx: RunContext) -> str | None:
     return ctx.locations.raw if ctx.conf.createRawPyramid else None
+
+
+def _ome_zarr_url(ctx: RunContext) -> str | None:
+    return ctx.locations.ome_zarr if "ome-zarr" in ctx.conf.formats else None
 
 
 # align.intensity ----------------------------------------------------------------------------------
@@ -217,6 +232,7 @@ def plan_meta(ctx: RunContext) -> list[MiniTask]:
     return [{"key": "info", "payload": {
         "jpeg": ctx.locations.jpeg,
         "raw": _raw_url(ctx),
+        "ome_zarr": _ome_zarr_url(ctx),
         "layout": run_layout(ctx).to_json(),
         "jpeg_quality": conf.jpeg_quality,
         "provenance": {
@@ -229,7 +245,7 @@ def plan_meta(ctx: RunContext) -> list[MiniTask]:
 
 
 def write_meta(payload: PyramidMetaPayload) -> MetaResult:
-    """Write the info and provenance of the JPEG (and raw) volume."""
+    """Write the info and provenance of the JPEG (and raw) volume, and the OME-Zarr metadata."""
     layout = _layout(payload)
     prov = payload.provenance
     written = []
@@ -237,11 +253,16 @@ def write_meta(payload: PyramidMetaPayload) -> MetaResult:
         written.append(write_info(url, layout, encoding, payload.jpeg_quality if encoding == "jpeg" else None))
         method = dict(prov.method, encoding=encoding)
         written.append(write_provenance(url, f"{prov.description} ({encoding})", prov.sources, prov.owners, method))
+    if payload.ome_zarr:
+        written += ome_zarr.write_metadata(payload.ome_zarr, layout)
     return MetaResult(files=written, scales=layout.num_scales)
 
 
 def meta_outputs(payload: PyramidMetaPayload) -> list[str]:
-    return [storage.join(url, name) for url, _ in _volumes(payload) for name in ("info", "provenance")]
+    files = [storage.join(url, name) for url, _ in _volumes(payload) for name in ("info", "provenance")]
+    if payload.ome_zarr:
+        files += [storage.join(payload.ome_zarr, path) for path in ome_zarr.metadata_paths(_layout(payload))]
+    return files
 
 
 def _volumes(payload: PyramidMetaPayload | ShardPayload | TopPayload) -> list[tuple[str, str]]:
@@ -264,6 +285,7 @@ def plan_shard(ctx: RunContext) -> list[MiniTask]:
         "aligned": ctx.locations.aligned,
         "jpeg": ctx.locations.jpeg,
         "raw": _raw_url(ctx),
+        "ome_zarr": _ome_zarr_url(ctx),
         "seed": seed,
         "layout": layout.to_json(),
         "jpeg_quality": ctx.conf.jpeg_quality,
@@ -271,10 +293,10 @@ def plan_shard(ctx: RunContext) -> list[MiniTask]:
 
 
 def write_shard(payload: ShardPayload) -> ShardResult:
-    """Write every block scale of one 1024³ block (JPEG and raw) and its seed for the top task."""
+    """Write every block scale of one 1024³ block (JPEG, raw, OME-Zarr) and its seed for the top task."""
     layout = _layout(payload)
     build_block(payload.aligned, payload.jpeg, payload.raw, payload.seed, layout, tuple(payload.block),
-                payload.jpeg_quality)
+                payload.jpeg_quality, payload.ome_zarr)
     return ShardResult(block=payload.block, scales=list(layout.block_scales), files=shard_outputs(payload))
 
 
@@ -283,13 +305,15 @@ def shard_memory(payload: ShardPayload) -> int:
     voxels = 1
     for n, b in zip(payload.layout.size, payload.block):
         voxels *= min(BLOCK, n - b * BLOCK)
-    return int(SHARD_BASE_BYTES + SHARD_BYTES_PER_VOXEL * voxels)
+    return int(SHARD_BASE_BYTES + SHARD_BYTES_PER_VOXEL * voxels + (OME_ZARR_BLOCK_BYTES if payload.ome_zarr else 0))
 
 
 def shard_outputs(payload: ShardPayload) -> list[str]:
     layout = _layout(payload)
     block = tuple(payload.block)
     files = [storage.join(url, path) for url, _ in _volumes(payload) for path in layout.block_shard_paths(block)]
+    if payload.ome_zarr:
+        files += [storage.join(payload.ome_zarr, path) for path in ome_zarr.block_shard_paths(layout, block)]
     if payload.seed:
         (x0, y0, z0), _ = layout.block_box(block, layout.block_scales[-1])
         files.append(storage.join(payload.seed, zarr_chunk_key((z0 // SEED_CHUNKS[0], y0 // SEED_CHUNKS[1],
@@ -309,6 +333,7 @@ def plan_top(ctx: RunContext) -> list[MiniTask]:
         "seed": ctx.locations.pyramid_seed,
         "jpeg": ctx.locations.jpeg,
         "raw": _raw_url(ctx),
+        "ome_zarr": _ome_zarr_url(ctx),
         "layout": layout.to_json(),
         "jpeg_quality": ctx.conf.jpeg_quality,
     }}]
@@ -317,18 +342,23 @@ def plan_top(ctx: RunContext) -> list[MiniTask]:
 def write_top(payload: TopPayload) -> TopResult:
     """Write the scales above the block scales, down to a single chunk."""
     layout = _layout(payload)
-    build_top(payload.seed, payload.jpeg, payload.raw, layout, payload.jpeg_quality)
+    build_top(payload.seed, payload.jpeg, payload.raw, layout, payload.jpeg_quality, payload.ome_zarr)
     return TopResult(scales=list(layout.top_scales), files=top_outputs(payload))
 
 
 def top_memory(payload: TopPayload) -> int:
     """Peak bytes of the top task: grows with the whole volume's voxels."""
     x, y, z = payload.layout.size
-    return int(TOP_BASE_BYTES + TOP_BYTES_PER_VOXEL * x * y * z)
+    per_voxel = TOP_BYTES_PER_VOXEL + (OME_ZARR_TOP_BYTES_PER_VOXEL if payload.ome_zarr else 0)
+    return int(TOP_BASE_BYTES + per_voxel * x * y * z)
 
 
 def top_outputs(payload: TopPayload) -> list[str]:
-    return [storage.join(url, path) for url, _ in _volumes(payload) for path in _layout(payload).top_shard_paths()]
+    layout = _layout(payload)
+    files = [storage.join(url, path) for url, _ in _volumes(payload) for path in layout.top_shard_paths()]
+    if payload.ome_zarr:
+        files += [storage.join(payload.ome_zarr, path) for path in ome_zarr.top_shard_paths(layout)]
+    return files
 
 
 def outputs_written(payload: Payload, result: Result) -> bool:
