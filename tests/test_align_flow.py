@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from test_align_accuracy import EM_SLICES, ISBI, need
 
-from emprocess.align.flow import MAX_SHIFT, PATCH, STRIDE, Flow, patch_flow
+from emprocess.align.flow import MASK_MARGIN, MAX_SHIFT, PATCH, STRIDE, Flow, _halved, _Source, patch_flow
 
 def read(path: Path) -> np.ndarray:
     return cv2.imread(str(need(path)), cv2.IMREAD_UNCHANGED)
@@ -272,3 +272,36 @@ def test_a_single_patch_keeps_its_vector():
 def test_images_of_different_shapes_are_refused():
     with pytest.raises(ValueError, match="one shape"):
         patch_flow(texture((100, 100), 0), texture((100, 120), 0))
+
+
+# ==== reading past the edges without a padded copy ======================================================
+
+
+def test_patches_are_cut_as_from_the_zero_padded_image_wherever_they_lie():
+    """Patches are cut from the image as it lies: inside, across its edges or wholly outside, their
+    pixels and usable masks are those of the image zero-padded, the mask eroded there as a whole."""
+    image = texture((70, 90), 5)
+    image[30:33, 40:45] = 0  # a hole: pixels within MASK_MARGIN of it are unusable
+    patch, pad = 16, 40
+    padded = np.pad(image, pad)
+    kernel = np.ones((2 * MASK_MARGIN + 1,) * 2, np.uint8)
+    usable = cv2.erode((padded > 0).astype(np.uint8), kernel).view(bool)
+    # every 3 px, inside the image, across its edges and wholly outside; offsets of up to 5 px stay in the padding
+    starts = [np.arange(5 - pad, side + pad - patch - 5, 3) for side in image.shape]
+    tops, lefts = (grid.ravel() for grid in np.meshgrid(*starts, indexing="ij"))
+    offsets = np.random.default_rng(0).integers(-5, 6, (len(tops), 2))
+    pixels, mask = _Source(image, patch).cut(tops, lefts, offsets)
+    for top, left, (dx, dy), cut_pixels, cut_mask in zip(tops, lefts, offsets, pixels, mask):
+        rows, cols = slice(pad + top + dy, pad + top + dy + patch), slice(pad + left + dx, pad + left + dx + patch)
+        assert np.array_equal(cut_pixels, padded[rows, cols]) and np.array_equal(cut_mask, usable[rows, cols])
+    assert not mask.all() and mask.any()
+
+
+@pytest.mark.parametrize("shape, pad", [((64, 90), 16), ((65, 90), 16), ((64, 91), 16), ((64, 90), 3), ((65, 91), 0)])
+def test_the_coarse_level_halves_the_zero_padded_image(shape, pad):
+    """Even sides and padding are halved without a padded copy, the rest through one; same pixels."""
+    image = texture(shape, 6)
+    padded = np.pad(image, pad)
+    expected = cv2.resize(padded, (padded.shape[1] // 2, padded.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    half, missing = _halved(image, pad)
+    assert np.array_equal(np.pad(half, missing), expected)

@@ -9,7 +9,7 @@ top-left pixel is (j·stride, i·stride), i.e. pixel (origin + j·stride, origin
 origin = (patch − 1) / 2; there are (width − patch) // stride + 1 points across. Vectors are (dx, dy)
 with fixed(p) ≈ moving(p + v(p)): content that sits 3 px further right in ``moving`` gives v = (+3, 0).
 That grid stops half a patch short of the image's edges. With ``edges`` it reaches them: both images
-are zero-padded by patch // 2 px first, so origin = −0.5 and there are width // stride + 1 points
+are read as zero-padded by patch // 2 px, so origin = −0.5 and there are width // stride + 1 points
 across (for an even patch, whatever its size: passes with different patches share the grid); a patch
 on the edge is measured on its part inside (see the content rule), and its vector is that part's.
 
@@ -58,6 +58,9 @@ Filtering: a vector becomes NaN when
 Cost: per grid point, three FFTs of a patch at full resolution and a quarter of that at half, one
 cubic resampling; everything is vectorised over CHUNK patches at a time. A 4096² pair (16,129
 points) takes ~4 s on one core (measured with another process busy on the second core).
+Memory: besides the two images, their halves (a quarter each) and one chunk's patches. Each patch is cut
+from the image as it lies, zero outside it, and its usable pixels are found on its own window: a padded
+copy or a full-size mask would be 0.4 GB each at 20k × 20k, several per flow.
 """
 
 from __future__ import annotations
@@ -127,19 +130,17 @@ def patch_flow(fixed: np.ndarray, moving: np.ndarray, patch: int = PATCH, stride
     a later one corrects needs no more than the correlation peak); see the module notes."""
     if fixed.shape != moving.shape or fixed.ndim != 2:
         raise ValueError(f"need two 2-D images of one shape, got {fixed.shape} and {moving.shape}")
-    pad = patch // 2 if edges else 0
-    if pad:
-        fixed, moving = np.pad(fixed, pad), np.pad(moving, pad)
+    pad = patch // 2 if edges else 0  # px of zeros the images are read as padded with
     max_zero = EDGE_ZERO_FRACTION if edges else MAX_ZERO_FRACTION
-    height, width = fixed.shape
+    height, width = fixed.shape[0] + 2 * pad, fixed.shape[1] + 2 * pad
     ny, nx = max(0, (height - patch) // stride + 1), max(0, (width - patch) // stride + 1)
     origin = (patch - 1) / 2 - pad
     if ny == 0 or nx == 0:
         empty = np.zeros((0, 0), np.float32)
         return Flow(origin, stride, np.zeros((0, 0, 2), np.float32), empty, empty)
-    tops = np.repeat(np.arange(ny) * stride, nx)
-    lefts = np.tile(np.arange(nx) * stride, ny)
-    offsets = _coarse_offsets(fixed, moving, patch, stride, (ny, nx), max_deviation, max_zero)
+    tops = np.repeat(np.arange(ny) * stride, nx) - pad  # image px: the first patches start in the padding
+    lefts = np.tile(np.arange(nx) * stride, ny) - pad
+    offsets = _coarse_offsets(fixed, moving, pad, patch, stride, (ny, nx), max_deviation, max_zero)
     fine = _measure(fixed, moving, tops, lefts, offsets.reshape(-1, 2), patch, max_zero, refine=sub_pixel)
     vectors = fine.vectors.reshape(ny, nx, 2)
     keep = _accepted(vectors, fine.trusted.reshape(ny, nx), max_deviation)
@@ -147,19 +148,19 @@ def patch_flow(fixed: np.ndarray, moving: np.ndarray, patch: int = PATCH, stride
     return Flow(origin, stride, vectors, fine.peak.reshape(ny, nx), fine.ratio.reshape(ny, nx))
 
 
-def _coarse_offsets(fixed: np.ndarray, moving: np.ndarray, patch: int, stride: int,
+def _coarse_offsets(fixed: np.ndarray, moving: np.ndarray, pad: int, patch: int, stride: int,
                     grid: tuple[int, int], max_deviation: float, max_zero: float) -> np.ndarray:
     """(ny, nx, 2) int: where to cut each moving patch at full resolution, from the half-resolution
-    flow on every other grid point (zeros when the images are too small for a coarse level)."""
-    height, width = fixed.shape
+    flow, of the images zero-padded by ``pad``, on every other grid point (zeros when the images are
+    too small for a coarse level)."""
+    height, width = fixed.shape[0] + 2 * pad, fixed.shape[1] + 2 * pad
     half = (width // 2, height // 2)
     if min(half) < patch:
         return np.zeros((*grid, 2), int)
-    fixed_half = cv2.resize(fixed, half, interpolation=cv2.INTER_AREA)
-    moving_half = cv2.resize(moving, half, interpolation=cv2.INTER_AREA)
+    (fixed_half, half_pad), (moving_half, _) = _halved(fixed, pad), _halved(moving, pad)
     # coarse point (I, J) is centred on fine point (2I, 2J); half-resolution pixel k on full-resolution 2k + 0.5
     centres = [(patch - 1) / 2 + np.arange(0, count, 2) * stride for count in grid]
-    tops, lefts = (np.clip(np.rint((c - 0.5) / 2 - (patch - 1) / 2), 0, size - patch).astype(int)
+    tops, lefts = (np.clip(np.rint((c - 0.5) / 2 - (patch - 1) / 2), 0, size - patch).astype(int) - half_pad
                    for c, size in zip(centres, (half[1], half[0])))
     ny, nx = len(tops), len(lefts)
     coarse = _measure(fixed_half, moving_half, np.repeat(tops, nx), np.tile(lefts, ny),
@@ -172,6 +173,17 @@ def _coarse_offsets(fixed: np.ndarray, moving: np.ndarray, patch: int, stride: i
     rows, cols = np.meshgrid(np.arange(grid[0]) / 2, np.arange(grid[1]) / 2, indexing="ij")
     offsets = [ndimage.map_coordinates(filled[..., axis], [rows, cols], order=1, mode="nearest") for axis in range(2)]
     return np.clip(np.rint(np.stack(offsets, -1)), -MAX_SHIFT, MAX_SHIFT).astype(int)
+
+
+def _halved(image: np.ndarray, pad: int) -> tuple[np.ndarray, int]:
+    """``image`` zero-padded by ``pad`` px and halved (area average), as an image and the padding it still
+    lacks. With even sides and padding each 2×2 block is the image's own or all padding, so the image is
+    halved alone, without a full-size padded copy; otherwise a padded copy is halved."""
+    height, width = image.shape
+    if pad == 0 or (pad % 2 == 0 and height % 2 == 0 and width % 2 == 0):
+        return cv2.resize(image, (width // 2, height // 2), interpolation=cv2.INTER_AREA), pad // 2
+    padded = np.pad(image, pad)
+    return cv2.resize(padded, (padded.shape[1] // 2, padded.shape[0] // 2), interpolation=cv2.INTER_AREA), 0
 
 
 def nearest_filled(vectors: np.ndarray, kept: np.ndarray) -> np.ndarray:
@@ -208,13 +220,11 @@ def _consistent(vectors: np.ndarray, valid: np.ndarray, max_deviation: float) ->
 
 def _measure(fixed: np.ndarray, moving: np.ndarray, tops: np.ndarray, lefts: np.ndarray, offsets: np.ndarray,
              patch: int, max_zero: float, refine: bool) -> _Level:
-    """Correlate each fixed patch at (top, left) with the moving patch at (top, left) + offset (int
-    (dx, dy)), CHUNK patches at a time, those more than ``max_zero`` zero untrusted; ``refine`` adds
-    the sub-pixel steps."""
+    """Correlate each fixed patch at (top, left) (image px, the image read as zero outside) with the
+    moving patch at (top, left) + offset (int (dx, dy)), CHUNK patches at a time, those more than
+    ``max_zero`` zero untrusted; ``refine`` adds the sub-pixel steps."""
     search = patch // 4
-    # room for the offset, the search, the refinement steps and the cubic kernel's support
-    pad = int(np.abs(offsets).max(initial=0)) + search + (1 + REFINE_STEPS) * int(np.ceil(MAX_REFINEMENT)) + 3
-    fixed_source, moving_source = _Source(fixed, patch, pad), _Source(moving, patch, pad)
+    fixed_source, moving_source = _Source(fixed, patch), _Source(moving, patch)
     window = _hann(patch)
     n = len(tops)
     vectors, trusted = np.zeros((n, 2), np.float32), np.zeros(n, bool)
@@ -238,27 +248,36 @@ def _measure(fixed: np.ndarray, moving: np.ndarray, tops: np.ndarray, lefts: np.
 
 
 class _Source:
-    """Patches of one image, zero-padded by ``pad``: their pixels (float32) and which of them are
+    """Patches of one image, read as zero outside it: their pixels (float32) and which of them are
     usable (further than MASK_MARGIN px from a zero pixel), cut at integer or sub-pixel offsets."""
 
-    def __init__(self, image: np.ndarray, patch: int, pad: int):
-        padded = np.pad(image, pad)
-        usable = cv2.erode((padded > 0).astype(np.uint8), np.ones((2 * MASK_MARGIN + 1,) * 2, np.uint8))
-        support = (patch + 3, patch + 3)  # one pixel before and two after: the cubic kernel's support
-        self.pixels, self.usable = sliding_window_view(padded, support), sliding_window_view(usable.view(bool), support)
-        self.patch, self.pad = patch, pad
+    def __init__(self, image: np.ndarray, patch: int):
+        self.image, self.patch = image, patch
 
     def cut(self, tops: np.ndarray, lefts: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(pixels, usable), each (n, patch, patch), of the patches at (top, left) + integer (dx, dy)."""
-        rows, cols = tops + offsets[:, 1] + self.pad - 1, lefts + offsets[:, 0] + self.pad - 1
-        inner = (slice(None), slice(1, -2), slice(1, -2))
-        return self.pixels[rows, cols][inner].astype(np.float32), self.usable[rows, cols][inner]
+        margin, size = MASK_MARGIN, self.patch + 2 * MASK_MARGIN
+        windows = self._windows(tops + offsets[:, 1] - margin, lefts + offsets[:, 0] - margin, size)
+        usable = windows > 0
+        holed = ~usable.all((1, 2))  # most windows hold no zero pixel, so nothing to erode
+        if holed.any():
+            # eroded stacked, the windows spill into each other only in the margin, which is cut off
+            kernel = np.ones((2 * margin + 1,) * 2, np.uint8)
+            stacked = usable[holed].view(np.uint8).reshape(-1, size)
+            usable[holed] = cv2.erode(stacked, kernel).reshape(-1, size, size).view(bool)
+        inner = (slice(None), slice(margin, margin + self.patch), slice(margin, margin + self.patch))
+        return windows[inner].astype(np.float32), usable[inner]
+
+    def pixels(self, tops: np.ndarray, lefts: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """(n, patch, patch) float32: the pixels alone of the patches at (top, left) + integer (dx, dy)."""
+        return self._windows(tops + offsets[:, 1], lefts + offsets[:, 0], self.patch).astype(np.float32)
 
     def resample(self, tops: np.ndarray, lefts: np.ndarray, shifts: np.ndarray) -> np.ndarray:
         """(n, patch, patch) float32: the patches at (top, left) + sub-pixel (dx, dy), cubic-interpolated."""
         whole = np.floor(shifts).astype(int)
         fraction = (shifts - whole).astype(np.float32)
-        support = self.pixels[tops + whole[:, 1] + self.pad - 1, lefts + whole[:, 0] + self.pad - 1].astype(np.float32)
+        # one pixel before and two after: the cubic kernel's support
+        support = self._windows(tops + whole[:, 1] - 1, lefts + whole[:, 0] - 1, self.patch + 3).astype(np.float32)
         taps = np.arange(-1, 3, dtype=np.float32)
         weights_x, weights_y = (_cubic(taps - fraction[:, axis, None])[..., None, None] for axis in range(2))
         size, product = self.patch, np.empty_like(support[:, :self.patch])
@@ -269,6 +288,26 @@ class _Source:
         for tap in range(1, 4):
             out += np.multiply(rows[:, :, tap:tap + size], weights_x[:, tap], out=product[:, :, :size])
         return out
+
+    def _windows(self, tops: np.ndarray, lefts: np.ndarray, size: int) -> np.ndarray:
+        """(n, size, size) in the image's dtype: the windows with top-left pixel (top, left), zero outside
+        the image. All are copied as blocks, those reaching outside first moved inside; these (a few,
+        along the edges) are then redone one by one."""
+        height, width = self.image.shape
+        if height < size or width < size:
+            windows = np.zeros((len(tops), size, size), self.image.dtype)
+        else:
+            view = sliding_window_view(self.image, (size, size))
+            windows = view[np.clip(tops, 0, height - size), np.clip(lefts, 0, width - size)]
+        outside = (tops < 0) | (lefts < 0) | (tops > height - size) | (lefts > width - size)
+        for index in np.flatnonzero(outside):
+            top, left = int(tops[index]), int(lefts[index])
+            bottom, right = min(top + size, height), min(left + size, width)
+            windows[index] = 0
+            if max(top, 0) < bottom and max(left, 0) < right:
+                windows[index, max(-top, 0):bottom - top, max(-left, 0):right - left] = \
+                    self.image[max(top, 0):bottom, max(left, 0):right]
+        return windows
 
 
 def _hann(patch: int) -> np.ndarray:
@@ -373,7 +412,7 @@ def _refine(fixed: np.ndarray, weight: np.ndarray, moving: _Source, tops: np.nda
     template_terms = np.stack([_dot(w, template) for w in weighted], -1)
     estimate = start.astype(np.float32)
     for step in range(1 + REFINE_STEPS):
-        patches = moving.resample(tops, lefts, estimate) if step else moving.cut(tops, lefts, start)[0]
+        patches = moving.resample(tops, lefts, estimate) if step else moving.pixels(tops, lefts, start)
         mean = _dot(patches, weight)
         spread = np.sqrt(np.maximum(_dot(patches * patches, weight) - mean ** 2, 0) + EPSILON)
         moving_terms = np.stack([_dot(w, patches) for w in weighted], -1)
