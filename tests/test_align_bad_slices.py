@@ -222,3 +222,11 @@ def test_a_replaced_slice_renders_its_copy_when_the_alignment_is_reused(tmp_path
     assert [e["z"] for e in read_align(second, "pairs.json")["replaced"]] == [2]
     again = open_zarr(second.locations.aligned, volume.shape, (1, 1024, 1024), create=False).read().result()
     assert np.array_equal(again, volume) and np.array_equal(again[2], again[1])
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (16, 9), (17, 12), (33, 40)])
+def test_the_focus_measure_taken_in_bands_equals_the_whole_images(monkeypatch, shape):
+    monkeypatch.setattr(bad, "FOCUS_BAND_ROWS", 8)  # bands end inside these images, and at their edges
+    image = np.random.default_rng(shape[0]).integers(0, 256, shape, dtype=np.uint8)
+    whole = float(cv2.Laplacian(image, cv2.CV_32F).astype(np.float64).var())
+    assert bad.laplacian_variance(image) == pytest.approx(whole, rel=1e-12)
