@@ -53,8 +53,8 @@ PAIR_BASE_BYTES = 750_000_000
 PAIR_BYTES_PER_PIXEL = 3.125
 # Elastic mode, per working-resolution pixel (uint8): a third prepared slice, the warped moving slice,
 # a pass's resampled copy of it and the coarse level's halves (3.5 bytes; the flow cuts its patches from
-# these, no padded or masked copies). benchmarks/align.py at 20k × 20k: the flow runs at ~2.5 GB at
-# downsample 1 (this estimate: 3.6 GB), 1.7 GB at downsample 4 (this estimate: 2.1 GB).
+# these, no padded or masked copies). benchmarks/align.py at 20k × 20k: a whole elastic call peaks at
+# 2.8 GB at downsample 1 (this estimate: 3.6 GB), 1.7 GB at downsample 4 (this estimate: 2.1 GB).
 FLOW_BYTES_PER_WORKING_PIXEL = 4
 
 Size = Annotated[list[Axis], Field(min_length=2, max_length=2)]
