@@ -30,15 +30,7 @@ from support.browser import (
     serving_folder,
     space,
 )
-from support.chunkedgraph import (
-    body_table,
-    make_context,
-    read_labels,
-    run_graph,
-    run_stage,
-    voronoi_supervoxels,
-    write_volume,
-)
+from support.chunkedgraph import graph_of_bodies, read_labels, run_stage
 from support.volumes import psnr, smooth
 
 from emprocess import storage
@@ -101,14 +93,8 @@ def meshed_segmentation(root: Path) -> str:
     test_meshing and test_skeletons)."""
     folder = root / "segmentation"
     folder.mkdir()
-    supervoxels = voronoi_supervoxels(SEGMENTATION_SHAPE, count=30, seed=1)
-    np.save(folder / "bodies.npy", body_table(supervoxels, seed=2))
-    watershed = write_volume(f"file://{folder}/watershed", supervoxels, chunk=(16, 16, 16),
-                             resolution=SEGMENTATION_RESOLUTION)
-    ctx = make_context(folder, {"watershed": watershed, "agglomeration": f"file://{folder}/bodies.npy",
-                                "chunk_size": [32, 32, 16]}, depth=SEGMENTATION_SHAPE[2],
-                       stages=("chunkedgraph", "meshing", "skeletons"))
-    run_graph(ctx)
+    ctx, _ = graph_of_bodies(folder, SEGMENTATION_SHAPE, 30, 1, (32, 32, 16), ("chunkedgraph", "meshing", "skeletons"),
+                             SEGMENTATION_RESOLUTION)
     for stage in (*MESHING, *SKELETONS):
         run_stage(ctx, stage)
     return ctx.locations.segmentation

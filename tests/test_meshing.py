@@ -11,15 +11,7 @@ import hashlib
 import numpy as np
 import pytest
 from cloudvolume import CloudVolume
-from support.chunkedgraph import (
-    body_table,
-    make_context,
-    read_labels,
-    run_graph,
-    run_stage,
-    voronoi_supervoxels,
-    write_volume,
-)
+from support.chunkedgraph import graph_of_bodies, read_labels, run_stage
 
 from emprocess import storage
 from emprocess.chunkedgraph.meta import read_meta
@@ -33,14 +25,7 @@ SHAPE, OFFSET, RESOLUTION, CHUNK = (90, 70, 40), (3, 5, 7), (8, 8, 10), (32, 32,
 @pytest.fixture(scope="module")
 def meshed(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("meshing")
-    supervoxels = voronoi_supervoxels(SHAPE, count=60, seed=1)
-    np.save(tmp_path / "bodies.npy", body_table(supervoxels, seed=2))
-    watershed = write_volume(f"file://{tmp_path}/watershed", supervoxels, chunk=(16, 16, 16),
-                             resolution=RESOLUTION, offset=OFFSET)
-    segmentation = {"watershed": watershed, "agglomeration": f"file://{tmp_path}/bodies.npy",
-                    "chunk_size": list(CHUNK)}
-    ctx = make_context(tmp_path, segmentation, depth=SHAPE[2], stages=("chunkedgraph", "meshing"))
-    run_graph(ctx)
+    ctx, supervoxels = graph_of_bodies(tmp_path, SHAPE, 60, 1, CHUNK, ("chunkedgraph", "meshing"), RESOLUTION, OFFSET)
     results = {stage.name: run_stage(ctx, stage) for stage in STAGES}
     labels = read_labels(ctx.locations.segmentation)
     cv = CloudVolume("precomputed://" + ctx.locations.segmentation, progress=False)

@@ -14,15 +14,7 @@ import pytest
 import tensorstore as ts
 from cloudvolume import CloudVolume
 from cloudvolume.datasource.precomputed import mmh3
-from support.chunkedgraph import (
-    body_table,
-    make_context,
-    read_labels,
-    run_graph,
-    run_stage,
-    voronoi_supervoxels,
-    write_volume,
-)
+from support.chunkedgraph import graph_of_bodies, make_context, read_labels, run_stage
 
 from emprocess import sharding, storage
 from emprocess.meshing.layout import mesh_url, read_sharding
@@ -73,13 +65,8 @@ def meshed_both_ways(tmp_path_factory):
     """(one-shard run, many-shard run): the same graph meshed with the default sharding, and with at
     most 16 bodies per shard and 4 per minishard."""
     one = tmp_path_factory.mktemp("one_shard")
-    supervoxels = voronoi_supervoxels(SHAPE, count=60, seed=1)
-    np.save(one / "bodies.npy", body_table(supervoxels, seed=2))
-    watershed = write_volume(f"file://{one}/watershed", supervoxels, chunk=(16, 16, 16),
-                             resolution=RESOLUTION, offset=OFFSET)
-    segmentation = {"watershed": watershed, "agglomeration": f"file://{one}/bodies.npy", "chunk_size": list(CHUNK)}
-    one_ctx = make_context(one, segmentation, depth=SHAPE[2], stages=("chunkedgraph", "meshing"))
-    run_graph(one_ctx)
+    one_ctx, _ = graph_of_bodies(one, SHAPE, 60, 1, CHUNK, ("chunkedgraph", "meshing"), RESOLUTION, OFFSET)
+    segmentation = one_ctx.conf.segmentation.model_dump(mode="json", by_alias=True)
     many = tmp_path_factory.mktemp("many_shards")
     shutil.copytree(one, many, dirs_exist_ok=True)
     many_ctx = make_context(many, segmentation, depth=SHAPE[2], stages=("chunkedgraph", "meshing"))

@@ -17,8 +17,7 @@ from cloudvolume import CloudVolume
 from cloudvolume.exceptions import EmptyFileException
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from support.chunkedgraph import body_table, make_context, read_labels, run_graph, run_stage, voronoi_supervoxels, \
-    write_volume
+from support.chunkedgraph import graph_of_bodies, make_context, read_labels, run_stage
 
 from emprocess import storage
 from emprocess.chunkedgraph.meta import read_meta
@@ -35,14 +34,8 @@ STAGE = {stage.name: stage for stage in STAGES}
 @pytest.fixture(scope="module")
 def skeletonized(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("skeletons")
-    supervoxels = voronoi_supervoxels(SHAPE, count=90, seed=3)
-    np.save(tmp_path / "bodies.npy", body_table(supervoxels, seed=4))
-    watershed = write_volume(f"file://{tmp_path}/watershed", supervoxels, chunk=(16, 16, 16),
-                             resolution=RESOLUTION, offset=OFFSET)
-    segmentation = {"watershed": watershed, "agglomeration": f"file://{tmp_path}/bodies.npy",
-                    "chunk_size": list(CHUNK)}
-    ctx = make_context(tmp_path, segmentation, depth=SHAPE[2], stages=("chunkedgraph", "skeletons"))
-    run_graph(ctx)
+    ctx, supervoxels = graph_of_bodies(tmp_path, SHAPE, 90, 3, CHUNK, ("chunkedgraph", "skeletons"), RESOLUTION,
+                                       OFFSET)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sharding, "KEYS_PER_SHARD", KEYS_PER_SHARD)
         results = {stage.name: run_stage(ctx, stage) for stage in STAGES}

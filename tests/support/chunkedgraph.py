@@ -38,6 +38,22 @@ def make_context(tmp_path: Path, segmentation: dict | None, depth: int, stages=(
     return RunContext.create(conf, "cg-test")
 
 
+def graph_of_bodies(folder: Path, shape, count: int, seed: int, chunk_size, stages, resolution=(8, 8, 8),
+                    offset=(0, 0, 0)) -> tuple[RunContext, np.ndarray]:
+    """A ChunkedGraph built in-process in ``folder`` over ``count`` Voronoi supervoxels joined into
+    bodies by a table (seeds ``seed`` and ``seed + 1``): the context, for the stages after it, and the
+    supervoxels."""
+    supervoxels = voronoi_supervoxels(shape, count=count, seed=seed)
+    np.save(folder / "bodies.npy", body_table(supervoxels, seed=seed + 1))
+    watershed = write_volume(f"file://{folder}/watershed", supervoxels, chunk=(16, 16, 16),
+                             resolution=resolution, offset=offset)
+    segmentation = {"watershed": watershed, "agglomeration": f"file://{folder}/bodies.npy",
+                    "chunk_size": list(chunk_size)}
+    ctx = make_context(folder, segmentation, depth=shape[2], stages=stages)
+    run_graph(ctx)
+    return ctx, supervoxels
+
+
 def write_volume(
     url: str, labels: np.ndarray, chunk=(13, 11, 7), resolution=(8, 8, 8), kind="segmentation", offset=(0, 0, 0)
 ) -> str:
