@@ -20,12 +20,16 @@ from typing import Iterable
 
 import numpy as np
 
+from emprocess import storage
+from emprocess.errors import InputError
+
 # Shard parameters (``ShardingSpec.for_keys``). The reasoning is CloudVolume's
 # ``compute_shard_params_for_hashed`` (hashed keys spread evenly, so preshift is useless; a shard's
 # key count sets its minishard count) with a small shard: one job holds a whole shard in memory.
 KEYS_PER_SHARD = 2048
 KEYS_PER_MINISHARD = 32  # a minishard index of ~0.8 kB: one small read before an entry's bytes
 MINISHARD_INDEX_GZIP_LEVEL = 6
+MAX_BITS = 32  # of minishard_bits and shard_bits: ~4 billion of each, far beyond any run's bodies
 
 
 def murmurhash3_x86_128_low64(keys) -> np.ndarray:
@@ -75,11 +79,21 @@ class ShardingSpec:
         return cls(minishard_bits=_bits(count / (1 << shard_bits) / KEYS_PER_MINISHARD), shard_bits=shard_bits)
 
     @classmethod
-    def from_json(cls, spec: dict) -> "ShardingSpec":
-        expected = cls(spec.get("minishard_bits", -1), spec.get("shard_bits", -1)).to_json()
-        if spec != expected:
-            raise ValueError(f"sharding {spec} is not one emprocess writes")
+    def from_json(cls, spec: dict, where: str = "") -> "ShardingSpec":
+        """The spec ``spec`` says; InputError (naming ``where`` it was read) unless emprocess wrote it."""
+        fields = spec if isinstance(spec, dict) else {}
+        expected = cls(fields.get("minishard_bits", -1), fields.get("shard_bits", -1)).to_json()
+        if spec != expected or not all(type(spec[bits]) is int and 0 <= spec[bits] <= MAX_BITS
+                                       for bits in ("minishard_bits", "shard_bits")):
+            raise InputError(f"{where or 'sharding'}: sharding {spec!r} is not one emprocess writes")
         return cls(spec["minishard_bits"], spec["shard_bits"])
+
+    @classmethod
+    def read(cls, info_url: str) -> "ShardingSpec":
+        """The sharding of the ``info`` at ``info_url`` (a mesh's or skeletons'); InputError naming it
+        when that is not an info emprocess wrote."""
+        info = storage.read_json(info_url)
+        return cls.from_json(info.get("sharding") if isinstance(info, dict) else None, info_url)
 
     def to_json(self) -> dict:
         return {"@type": "neuroglancer_uint64_sharded_v1", "preshift_bits": 0, "hash": "murmurhash3_x86_128",

@@ -17,6 +17,7 @@ from cloudvolume.datasource.precomputed import mmh3
 from support.chunkedgraph import graph_of_bodies, make_context, read_labels, run_stage
 
 from emprocess import sharding, storage
+from emprocess.errors import InputError
 from emprocess.meshing.layout import mesh_url, read_sharding
 from emprocess.meshing.stages import STAGES
 from emprocess.sharding import ShardingSpec
@@ -132,3 +133,12 @@ def test_rerunning_the_shard_jobs_rewrites_identical_shards(meshed_both_ways):
     for task in SHARDS.plan(ctx):
         SHARDS.execute(task["payload"])
     assert digests() == before
+
+
+@pytest.mark.parametrize("info", [{"@type": "neuroglancer_multilod_draco"}, {"sharding": {"shard_bits": "3"}},
+                                  {"sharding": dict(ShardingSpec(2, 3).to_json(), shard_bits=99)}, [1, 2]])
+def test_an_info_emprocess_did_not_write_is_bad_input_naming_it(tmp_path, info):
+    url = f"file://{tmp_path}/info"
+    storage.write_json(url, info)
+    with pytest.raises(InputError, match=f"{url}: sharding"):
+        ShardingSpec.read(url)

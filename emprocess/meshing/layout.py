@@ -60,7 +60,7 @@ def mesh_info_url(mesh: str) -> str:
 
 def read_sharding(mesh: str) -> ShardingSpec:
     """The sharding mesh.meta chose, from the mesh ``info`` (what readers use too)."""
-    return ShardingSpec.from_json(storage.read_json(mesh_info_url(mesh))["sharding"])
+    return ShardingSpec.read(mesh_info_url(mesh))
 
 
 def shard_url(mesh: str, spec: ShardingSpec, shard: int) -> str:

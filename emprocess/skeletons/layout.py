@@ -32,7 +32,7 @@ def info_url(skeletons: str) -> str:
 
 def read_sharding(skeletons: str) -> ShardingSpec:
     """The sharding skel.meta chose, from the skeleton ``info``."""
-    return ShardingSpec.from_json(storage.read_json(info_url(skeletons))["sharding"])
+    return ShardingSpec.read(info_url(skeletons))
 
 
 def pending_folder(pending: str, shard: int) -> str:
