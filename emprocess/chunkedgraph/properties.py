@@ -14,18 +14,20 @@ or "supervoxel <id>" for a supervoxel the table does not list.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from emprocess import storage
 from emprocess.chunkedgraph import chunkfile
 from emprocess.chunkedgraph.agglomeration import lookup_bodies
-from emprocess.chunkedgraph.meta import read_meta
-from emprocess.chunkedgraph.volumes import info_url
+from emprocess.chunkedgraph.meta import GraphMeta, read_meta
+from emprocess.chunkedgraph.volumes import name_in_info
 from emprocess.run_layout import BODY_COUNTS, SEGMENT_PROPERTIES
 from emprocess.stages import InputError
 
 UINT32_MAX = np.iinfo(np.uint32).max
+COUNT_READERS = 16  # small counts files read at once (I/O bound)
 
 
 def chunk_counts_url(graph: str, coords) -> str:
@@ -51,6 +53,14 @@ def write_chunk_counts(graph: str, coords, supervoxels: np.ndarray, voxels: np.n
     chunkfile.write(chunk_counts_url(graph, coords), {k: v.astype(np.uint64) for k, v in arrays.items()})
 
 
+def count_bodies(graph: str, meta: GraphMeta) -> int:
+    """The roots with voxels (those that get a mesh), from the counts every cg.flatten job wrote."""
+    urls = [chunk_counts_url(graph, coords) for coords in meta.chunks(2)]
+    with ThreadPoolExecutor(COUNT_READERS) as pool:
+        roots = [np.unique(arrays["root"]) for arrays in pool.map(chunkfile.read, urls)]
+    return int(np.unique(np.concatenate([np.zeros(0, np.uint64), *roots])).size)
+
+
 def write_segment_properties(graph: str, segmentation: str) -> None:
     """Merge every flatten job's counts into the segment properties. A missing chunk's counts
     (its flatten job not done) are a FileNotFoundError naming them, and nothing is written."""
@@ -66,9 +76,7 @@ def write_segment_properties(graph: str, segmentation: str) -> None:
     labels = _labels(graph, meta.table, watershed[first])
     document = properties_document(roots, labels, voxel_count, supervoxel_count)
     storage.write(properties_url(segmentation), json.dumps(document, sort_keys=True, separators=(",", ":")).encode())
-    info = storage.read_json(info_url(segmentation))
-    if info.get("segment_properties") != SEGMENT_PROPERTIES:
-        storage.write_json(info_url(segmentation), {**info, "segment_properties": SEGMENT_PROPERTIES})
+    name_in_info(segmentation, "segment_properties", SEGMENT_PROPERTIES)
 
 
 def largest_bodies(segmentation: str, count: int) -> list[int]:

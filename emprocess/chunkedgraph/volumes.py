@@ -19,6 +19,14 @@ def info_url(volume: str) -> str:
     return storage.join(volume, "info")
 
 
+def name_in_info(volume: str, key: str, folder: str) -> None:
+    """Point ``volume``'s ``info`` at ``folder`` under ``key`` (its meshes, skeletons, segment
+    properties), keeping its other keys; written only when it changes."""
+    info = storage.read_json(info_url(volume))
+    if info.get(key) != folder:
+        storage.write_json(info_url(volume), {**info, key: folder})
+
+
 def segmentation_info(scales: list[dict]) -> dict:
     return {
         "@type": "neuroglancer_multiscale_volume",

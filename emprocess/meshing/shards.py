@@ -18,22 +18,13 @@ import numpy as np
 
 from emprocess import sharding, storage
 from emprocess.chunkedgraph import chunkfile
-from emprocess.chunkedgraph.meta import GraphMeta, chunk_url
-from emprocess.chunkedgraph.properties import chunk_counts_url
+from emprocess.chunkedgraph.meta import chunk_url
 from emprocess.meshing.contracts import MeshShardPayload, MeshShardResult
 from emprocess.meshing.layout import read_sharding, shard_url
 from emprocess.stages import InputError
 
 READ_THREADS = 16  # small files read at once (I/O bound)
 FINISHED = "shards"  # in the pending meshes: <shard>/layer_<L>/<x>_<y>_<z>, a job's entries of one shard
-
-
-def count_bodies(graph: str, meta: GraphMeta) -> int:
-    """The roots with voxels (those that get a mesh), from the counts every cg.flatten job wrote."""
-    urls = [chunk_counts_url(graph, coords) for coords in meta.chunks(2)]
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        roots = [np.unique(arrays["root"]) for arrays in pool.map(chunkfile.read, urls)]
-    return int(np.unique(np.concatenate([np.zeros(0, np.uint64), *roots])).size)
 
 
 def finished_url(pending: str, shard: int, layer: int, coords) -> str:

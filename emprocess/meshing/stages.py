@@ -17,7 +17,8 @@ from emprocess import storage
 from emprocess.registry import facts
 from emprocess.chunkedgraph.layers import MAX_LAYERS
 from emprocess.chunkedgraph.meta import chunk_url, read_meta
-from emprocess.chunkedgraph.volumes import info_url
+from emprocess.chunkedgraph.properties import count_bodies
+from emprocess.chunkedgraph.volumes import name_in_info
 from emprocess.meshing.contracts import (
     MeshLayerPayload,
     MeshLayerResult,
@@ -28,7 +29,7 @@ from emprocess.meshing.contracts import (
 )
 from emprocess.meshing.layout import MeshLayout, mesh_info_url, mesh_url, read_sharding
 from emprocess.meshing.levels import mesh_chunk
-from emprocess.meshing.shards import count_bodies, write_shard
+from emprocess.meshing.shards import write_shard
 from emprocess.run_layout import MESH_FOLDER
 from emprocess.sharding import ShardingSpec
 from emprocess.stages import MiniTask, RunContext, Stage
@@ -49,9 +50,7 @@ def write_mesh_info(payload: MeshMetaPayload) -> MeshMetaResult:
     sharding = ShardingSpec.for_keys(bodies)
     mesh = mesh_url(payload.segmentation)
     storage.write_json(mesh_info_url(mesh), MeshLayout.of(meta).info(sharding))
-    segmentation_info = storage.read_json(info_url(payload.segmentation))
-    if segmentation_info.get("mesh") != MESH_FOLDER:
-        storage.write_json(info_url(payload.segmentation), {**segmentation_info, "mesh": MESH_FOLDER})
+    name_in_info(payload.segmentation, "mesh", MESH_FOLDER)
     return MeshMetaResult(mesh=mesh, bodies=bodies, shards=sharding.shards)
 
 

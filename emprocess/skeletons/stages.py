@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from emprocess import storage
 from emprocess.chunkedgraph.meta import read_meta
-from emprocess.chunkedgraph.volumes import info_url as volume_info_url
-from emprocess.meshing.shards import count_bodies
+from emprocess.chunkedgraph.properties import count_bodies
+from emprocess.chunkedgraph.volumes import name_in_info
 from emprocess.registry import facts
 from emprocess.run_layout import SKELETON_FOLDER
 from emprocess.sharding import ShardingSpec
@@ -43,9 +43,7 @@ def write_skeleton_info(payload: SkeletonMetaPayload) -> SkeletonMetaResult:
     sharding = ShardingSpec.for_keys(bodies)
     skeletons = storage.join(payload.segmentation, SKELETON_FOLDER)
     storage.write_json(info_url(skeletons), info(sharding))
-    segmentation_info = storage.read_json(volume_info_url(payload.segmentation))
-    if segmentation_info.get("skeletons") != SKELETON_FOLDER:
-        storage.write_json(volume_info_url(payload.segmentation), {**segmentation_info, "skeletons": SKELETON_FOLDER})
+    name_in_info(payload.segmentation, "skeletons", SKELETON_FOLDER)
     return SkeletonMetaResult(skeletons=skeletons, bodies=bodies, shards=sharding.shards)
 
 
