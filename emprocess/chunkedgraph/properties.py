@@ -53,11 +53,16 @@ def write_chunk_counts(graph: str, coords, supervoxels: np.ndarray, voxels: np.n
     chunkfile.write(chunk_counts_url(graph, coords), {k: v.astype(np.uint64) for k, v in arrays.items()})
 
 
-def count_bodies(graph: str, meta: GraphMeta) -> int:
-    """The roots with voxels (those that get a mesh), from the counts every cg.flatten job wrote."""
+def _chunk_counts(graph: str, meta: GraphMeta):
+    """Every cg.flatten job's counts, chunk by chunk, read several at once (small files)."""
     urls = [chunk_counts_url(graph, coords) for coords in meta.chunks(2)]
     with ThreadPoolExecutor(COUNT_READERS) as pool:
-        roots = [np.unique(arrays["root"]) for arrays in pool.map(chunkfile.read, urls)]
+        yield from pool.map(chunkfile.read, urls)
+
+
+def count_bodies(graph: str, meta: GraphMeta) -> int:
+    """The roots with voxels (those that get a mesh), from the counts every cg.flatten job wrote."""
+    roots = [np.unique(arrays["root"]) for arrays in _chunk_counts(graph, meta)]
     return int(np.unique(np.concatenate([np.zeros(0, np.uint64), *roots])).size)
 
 
@@ -65,7 +70,7 @@ def write_segment_properties(graph: str, segmentation: str) -> None:
     """Merge every flatten job's counts into the segment properties. A missing chunk's counts
     (its flatten job not done) are a FileNotFoundError naming them, and nothing is written."""
     meta = read_meta(graph)
-    parts = [chunkfile.read(chunk_counts_url(graph, coords)) for coords in meta.chunks(2)]
+    parts = list(_chunk_counts(graph, meta))
     root, watershed, voxels = (np.concatenate([np.zeros(0, np.uint64), *(p[k] for p in parts)])
                                for k in ("root", "watershed", "voxels"))
     roots, first, inverse = np.unique(root, return_index=True, return_inverse=True)
